@@ -1,0 +1,44 @@
+# The two commands a user needs: `make run` (demo on the embedded store) and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages the tests and benchmarks use: tshark is the reference dissector, python3-dpkt ships
+# real example captures, the others play real servers and clients in network namespaces.
+APT_PKGS := tshark tcpdump python3-dpkt dnsmasq nginx-light iproute2 curl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup apt run test bench lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@python3 -m venv --help >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv; }
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+apt:
+	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+run: setup
+	$(VENV)/bin/netrecall demo
+
+test: setup apt
+	$(VENV)/bin/ruff check netrecall tests bench
+	$(PY) -m pytest -q
+
+bench: setup apt
+	$(PY) -m bench
+
+lint: setup
+	$(VENV)/bin/ruff check netrecall tests bench
+	$(VENV)/bin/ruff format --check netrecall tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache bench/out

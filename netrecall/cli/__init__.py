@@ -1,0 +1,56 @@
+"""The `netrecall` command: one typer app; each command group lives in its own module and registers itself."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from netrecall.errors import NetrecallError
+
+app = typer.Typer(
+    name="netrecall",
+    help="Network flight recorder for Kubernetes: packets, flows and API calls in ClickHouse.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module has `register(app)`; the order is the order of `netrecall --help`.
+_COMMAND_MODULES = ["schema"]
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for module_name in _COMMAND_MODULES:
+        importlib.import_module(f"netrecall.cli.{module_name}").register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every failure is one line on stderr and a non-zero exit, never a traceback."""
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except NetrecallError as exc:
+        print(f"netrecall: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("netrecall: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("netrecall: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reading captures (pcap, pcapng, live batches), decoding L2-L4 vectorised, and loading them into the store."""

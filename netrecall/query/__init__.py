@@ -1,0 +1,1 @@
+"""Answering questions: KFL -> SQL, the read-only SQL guard, PCAP slices and snapshots."""

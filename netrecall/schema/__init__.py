@@ -1,0 +1,1 @@
+"""Table definitions, schema versions and migrations, and the rolling-window retention."""

@@ -1,0 +1,424 @@
+"""The tables, as data: columns, engine, keys, codecs and skip indexes, rendered to DDL.
+
+Each choice is explained in docs/schema.md. The same definitions render for one server (MergeTree) or
+for a cluster (ReplicatedMergeTree local tables plus Distributed tables, ON CLUSTER).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_TTL_SECONDS = 72 * 3600
+LOCAL_SUFFIX = "_local"
+
+
+def endpoint_columns(side: str) -> list[tuple[str, str]]:
+    """The workload identity of one end (side 'src' or 'dst'), as it was at the packet's time."""
+    return [
+        (f"{side}_pod", "LowCardinality(String)"),
+        (f"{side}_namespace", "LowCardinality(String)"),
+        (f"{side}_service", "LowCardinality(String)"),
+        (f"{side}_workload", "LowCardinality(String)"),  # owner, as Kind/name (Deployment/checkout)
+        (f"{side}_node", "LowCardinality(String)"),  # node hosting the pod
+        (f"{side}_labels", "Map(LowCardinality(String), String)"),
+    ]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: list[tuple[str, str]]
+    order_by: str
+    engine: str = "MergeTree"
+    engine_args: str = ""  # e.g. the version column of a ReplacingMergeTree
+    partition_by: str = ""
+    ttl: bool = True  # rows expire on the rolling window; snapshots and audit tables do not
+    indexes: list[str] = field(default_factory=list)
+    settings: dict[str, str | int] = field(default_factory=dict)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [name for name, _ in self.columns]
+
+
+def _ttl_clause(ttl_seconds: int) -> str:
+    # TTL counts from when a row was stored, not from the packet's own time: an old capture imported
+    # today must not expire on arrival (ClickHouse drops rows already expired at insert time).
+    return f"TTL stored_at + toIntervalSecond({int(ttl_seconds)})"
+
+
+PACKETS = Table(
+    name="packets",
+    columns=[
+        ("ts", "DateTime64(9) CODEC(Delta, ZSTD(1))"),
+        ("stored_at", "DateTime DEFAULT now() CODEC(Delta, ZSTD(1))"),
+        ("node", "LowCardinality(String)"),
+        ("iface", "LowCardinality(String)"),
+        ("direction", "Enum8('unknown' = 0, 'in' = 1, 'out' = 2)"),
+        ("source", "LowCardinality(String)"),  # capture id: file sha256 or agent/iface, for idempotent loads
+        ("link_type", "UInt16"),
+        ("caplen", "UInt32"),
+        ("origlen", "UInt32"),
+        ("vlan", "UInt16"),
+        ("ip_version", "UInt8"),  # 0 when the frame is not IP
+        ("src_ip", "IPv6"),  # IPv4 is stored v4-mapped (::ffff:a.b.c.d)
+        ("dst_ip", "IPv6"),
+        ("l4", "UInt8"),  # IP protocol number: 6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6
+        ("src_port", "UInt16"),
+        ("dst_port", "UInt16"),
+        ("ip_frag", "UInt8"),  # 1 on a fragment (first or later); later fragments carry no ports
+        ("tcp_flags", "UInt16"),
+        ("tcp_seq", "UInt32"),
+        ("tcp_ack", "UInt32"),
+        ("payload_offset", "UInt16"),  # where the L4 payload starts in `data`
+        ("payload_len", "UInt32"),  # L4 payload length as captured (not beyond caplen)
+        (
+            "flow_id",
+            # One id for both directions of a 5-tuple, computed by the engine so every writer agrees.
+            "UInt64 DEFAULT if((src_ip, src_port) <= (dst_ip, dst_port), "
+            "cityHash64(l4, src_ip, src_port, dst_ip, dst_port), "
+            "cityHash64(l4, dst_ip, dst_port, src_ip, src_port))",
+        ),
+        *endpoint_columns("src"),
+        *endpoint_columns("dst"),
+        ("data", "String CODEC(ZSTD(3))"),  # the whole frame exactly as captured
+    ],
+    partition_by="toStartOfHour(stored_at)",
+    order_by="(toStartOfMinute(ts), flow_id, ts)",
+    indexes=[
+        "INDEX ix_src_ip src_ip TYPE bloom_filter(0.01) GRANULARITY 4",
+        "INDEX ix_dst_ip dst_ip TYPE bloom_filter(0.01) GRANULARITY 4",
+        "INDEX ix_ports (src_port, dst_port) TYPE set(256) GRANULARITY 4",
+        "INDEX ix_pods (src_pod, dst_pod) TYPE bloom_filter(0.01) GRANULARITY 4",
+        "INDEX ix_ns (src_namespace, dst_namespace) TYPE set(64) GRANULARITY 4",
+        "INDEX ix_node node TYPE set(64) GRANULARITY 4",
+        "INDEX ix_source source TYPE set(16) GRANULARITY 4",
+    ],
+    settings={"non_replicated_deduplication_window": 1000},
+)
+
+FLOW_SIDES = ("a", "b")  # canonical ends: a is the lower (ip, port) of the pair
+
+
+def _flow_endpoint_columns(side: str) -> list[tuple[str, str]]:
+    return [
+        (f"{side}_pod", "SimpleAggregateFunction(anyLast, LowCardinality(String))"),
+        (f"{side}_namespace", "SimpleAggregateFunction(anyLast, LowCardinality(String))"),
+        (f"{side}_service", "SimpleAggregateFunction(anyLast, LowCardinality(String))"),
+        (f"{side}_workload", "SimpleAggregateFunction(anyLast, LowCardinality(String))"),
+        (f"{side}_node", "SimpleAggregateFunction(anyLast, LowCardinality(String))"),
+        (f"{side}_labels", "SimpleAggregateFunction(anyLast, Map(String, String))"),
+    ]
+
+
+FLOWS = Table(
+    name="flows",
+    columns=[
+        ("window_start", "DateTime"),  # flows are cut into one-minute intervals
+        ("stored_at", "DateTime DEFAULT now()"),
+        ("node", "LowCardinality(String)"),
+        ("flow_id", "UInt64"),
+        # the 5-tuple is fixed by flow_id; ClickHouse wants non-key columns to be aggregates
+        ("l4", "SimpleAggregateFunction(any, UInt8)"),
+        ("ip_a", "SimpleAggregateFunction(any, IPv6)"),
+        ("port_a", "SimpleAggregateFunction(any, UInt16)"),
+        ("ip_b", "SimpleAggregateFunction(any, IPv6)"),
+        ("port_b", "SimpleAggregateFunction(any, UInt16)"),
+        ("first_ts", "SimpleAggregateFunction(min, DateTime64(9))"),
+        ("last_ts", "SimpleAggregateFunction(max, DateTime64(9))"),
+        ("packets_ab", "SimpleAggregateFunction(sum, UInt64)"),
+        ("bytes_ab", "SimpleAggregateFunction(sum, UInt64)"),
+        ("packets_ba", "SimpleAggregateFunction(sum, UInt64)"),
+        ("bytes_ba", "SimpleAggregateFunction(sum, UInt64)"),
+        ("tcp_flags_ab", "SimpleAggregateFunction(groupBitOr, UInt16)"),
+        ("tcp_flags_ba", "SimpleAggregateFunction(groupBitOr, UInt16)"),
+        ("syn_from", "SimpleAggregateFunction(max, UInt8)"),  # 1: a sent the SYN (a is client), 2: b did
+        ("syn_ts", "SimpleAggregateFunction(min, Nullable(DateTime64(9)))"),
+        ("synack_ts", "SimpleAggregateFunction(min, Nullable(DateTime64(9)))"),
+        ("resets", "SimpleAggregateFunction(sum, UInt64)"),
+        ("data_segments", "SimpleAggregateFunction(sum, UInt64)"),
+        # distinct (direction, seq) of segments with payload: data_segments - uniq = retransmissions
+        ("uniq_segments", "AggregateFunction(uniqExact, UInt8, UInt32)"),
+        *_flow_endpoint_columns("a"),
+        *_flow_endpoint_columns("b"),
+    ],
+    engine="AggregatingMergeTree",
+    partition_by="toStartOfHour(stored_at)",
+    order_by="(window_start, node, flow_id)",
+    indexes=[
+        "INDEX ix_ip_a ip_a TYPE bloom_filter(0.01) GRANULARITY 4",
+        "INDEX ix_ip_b ip_b TYPE bloom_filter(0.01) GRANULARITY 4",
+    ],
+)
+
+# Fills `flows` from every insert into `packets`, whoever writes it (import, agent, hub ingest).
+FLOWS_MV_SELECT = """
+WITH (src_ip, src_port) <= (dst_ip, dst_port) AS fwd
+SELECT
+    toStartOfMinute(ts) AS window_start,
+    node,
+    flow_id,
+    l4,
+    if(fwd, src_ip, dst_ip) AS ip_a,
+    if(fwd, src_port, dst_port) AS port_a,
+    if(fwd, dst_ip, src_ip) AS ip_b,
+    if(fwd, dst_port, src_port) AS port_b,
+    min(ts) AS first_ts,
+    max(ts) AS last_ts,
+    countIf(fwd) AS packets_ab,
+    sumIf(toUInt64(origlen), fwd) AS bytes_ab,
+    countIf(NOT fwd) AS packets_ba,
+    sumIf(toUInt64(origlen), NOT fwd) AS bytes_ba,
+    groupBitOrIf(tcp_flags, fwd) AS tcp_flags_ab,
+    groupBitOrIf(tcp_flags, NOT fwd) AS tcp_flags_ba,
+    max(if(l4 = 6 AND bitAnd(tcp_flags, 0x12) = 0x02, if(fwd, 1, 2), 0)) AS syn_from,
+    minIf(toNullable(ts), l4 = 6 AND bitAnd(tcp_flags, 0x12) = 0x02) AS syn_ts,
+    minIf(toNullable(ts), l4 = 6 AND bitAnd(tcp_flags, 0x12) = 0x12) AS synack_ts,
+    countIf(l4 = 6 AND bitAnd(tcp_flags, 0x04) != 0) AS resets,
+    countIf(l4 = 6 AND payload_len > 0) AS data_segments,
+    uniqExactStateIf(toUInt8(fwd), tcp_seq, l4 = 6 AND payload_len > 0) AS uniq_segments,
+    anyLast(if(fwd, src_pod, dst_pod)) AS a_pod,
+    anyLast(if(fwd, src_namespace, dst_namespace)) AS a_namespace,
+    anyLast(if(fwd, src_service, dst_service)) AS a_service,
+    anyLast(if(fwd, src_workload, dst_workload)) AS a_workload,
+    anyLast(if(fwd, src_node, dst_node)) AS a_node,
+    anyLast(if(fwd, src_labels, dst_labels)) AS a_labels,
+    anyLast(if(fwd, dst_pod, src_pod)) AS b_pod,
+    anyLast(if(fwd, dst_namespace, src_namespace)) AS b_namespace,
+    anyLast(if(fwd, dst_service, src_service)) AS b_service,
+    anyLast(if(fwd, dst_workload, src_workload)) AS b_workload,
+    anyLast(if(fwd, dst_node, src_node)) AS b_node,
+    anyLast(if(fwd, dst_labels, src_labels)) AS b_labels
+FROM {packets}
+WHERE ip_version != 0
+GROUP BY window_start, node, flow_id, l4, fwd, ip_a, port_a, ip_b, port_b
+"""
+
+WORKLOADS = Table(
+    name="workloads",
+    columns=[
+        ("ip", "IPv6"),
+        ("kind", "Enum8('pod' = 1, 'service' = 2, 'node' = 3)"),
+        ("name", "LowCardinality(String)"),
+        ("namespace", "LowCardinality(String)"),
+        ("node", "LowCardinality(String)"),
+        ("services", "Array(LowCardinality(String))"),
+        ("labels", "Map(LowCardinality(String), String)"),
+        ("owner", "LowCardinality(String)"),  # Kind/name of the controlling workload
+        ("host_network", "Bool"),
+        ("valid_from", "DateTime64(9)"),
+        ("valid_to", "DateTime64(9) DEFAULT toDateTime64('2262-04-11 00:00:00', 9)"),  # open: still valid
+        ("observed_at", "DateTime64(3) DEFAULT now64(3)"),
+        ("stored_at", "DateTime DEFAULT now()"),
+        ("source", "LowCardinality(String)"),  # inventory file, kube-apiserver, agent
+    ],
+    engine="ReplacingMergeTree",
+    engine_args="observed_at",
+    partition_by="toStartOfHour(stored_at)",
+    order_by="(ip, valid_from, kind, namespace, name)",
+)
+
+API_CALLS = Table(
+    name="api_calls",
+    columns=[
+        ("id", "String"),  # deterministic: the same call dissected twice gets the same id
+        ("ts", "DateTime64(9) CODEC(Delta, ZSTD(1))"),  # first byte of the request
+        ("stored_at", "DateTime DEFAULT now()"),
+        ("dissected_at", "DateTime64(3) DEFAULT now64(3)"),
+        ("elapsed_time", "UInt64"),  # microseconds, first request byte to first response byte
+        ("protocol", "LowCardinality(String)"),  # http, dns, grpc, redis, kafka, postgresql, tls, tcp, udp
+        ("node_name", "LowCardinality(String)"),
+        ("src_ip", "IPv6"),
+        ("src_port", "UInt16"),
+        ("dst_ip", "IPv6"),
+        ("dst_port", "UInt16"),
+        *endpoint_columns("src"),
+        *endpoint_columns("dst"),
+        ("method", "LowCardinality(String)"),
+        ("host", "String"),
+        ("url", "String"),
+        ("path", "String"),
+        ("query_string", "String"),
+        ("status_code", "Int32"),  # HTTP status; DNS rcode; gRPC status
+        ("status_text", "LowCardinality(String)"),
+        ("http_version", "LowCardinality(String)"),
+        ("request_headers", "Map(String, String)"),
+        ("response_headers", "Map(String, String)"),
+        ("request_body_size", "UInt64"),  # the real size, even when the stored body is truncated
+        ("response_body_size", "UInt64"),
+        ("request_body", "String CODEC(ZSTD(3))"),
+        ("response_body", "String CODEC(ZSTD(3))"),
+        ("request_body_truncated", "Bool"),
+        ("response_body_truncated", "Bool"),
+        ("dns_id", "UInt16"),
+        ("dns_questions", "Array(String)"),
+        ("dns_question_types", "Array(LowCardinality(String))"),
+        ("dns_answers", "Array(String)"),
+        ("dns_request", "Bool"),
+        ("dns_response", "Bool"),
+        ("dns_truncated", "Bool"),
+        ("grpc_method", "String"),
+        ("grpc_status", "Int32"),
+        ("has_response", "Bool"),
+        ("partial", "Bool"),  # built across a capture gap or from a stream seen mid-way
+        ("error", "String"),  # why a stream could not be parsed ('' when it could)
+        ("flow_id", "UInt64"),
+        ("first_packet_ts", "DateTime64(9)"),
+        ("last_packet_ts", "DateTime64(9)"),
+    ],
+    engine="ReplacingMergeTree",
+    engine_args="dissected_at",
+    partition_by="toStartOfHour(stored_at)",
+    order_by="(toStartOfMinute(ts), protocol, id)",
+    indexes=[
+        "INDEX ix_status status_code TYPE minmax GRANULARITY 4",
+        "INDEX ix_ns (src_namespace, dst_namespace) TYPE set(128) GRANULARITY 4",
+        "INDEX ix_pods (src_pod, dst_pod) TYPE bloom_filter(0.01) GRANULARITY 4",
+        "INDEX ix_svc (src_service, dst_service) TYPE bloom_filter(0.01) GRANULARITY 4",
+        "INDEX ix_ips (src_ip, dst_ip) TYPE bloom_filter(0.01) GRANULARITY 4",
+        "INDEX ix_path path TYPE ngrambf_v1(3, 4096, 3, 0) GRANULARITY 4",
+        "INDEX ix_dnsq dns_questions TYPE bloom_filter(0.01) GRANULARITY 4",
+        "INDEX ix_flow flow_id TYPE bloom_filter(0.01) GRANULARITY 4",
+        "INDEX ix_id id TYPE bloom_filter(0.01) GRANULARITY 4",
+    ],
+)
+
+DISSECT_STATE = Table(
+    name="dissect_state",
+    columns=[
+        ("scope", "String"),  # 'live' or 'snapshot:NAME', plus node filter
+        ("watermark", "DateTime64(9)"),  # packets before this time are dissected
+        ("updated_at", "DateTime64(3) DEFAULT now64(3)"),
+    ],
+    engine="ReplacingMergeTree",
+    engine_args="updated_at",
+    order_by="scope",
+    ttl=False,
+)
+
+IMPORTS = Table(
+    name="imports",
+    columns=[
+        ("source", "String"),  # sha256 of the file's bytes
+        ("file_name", "String"),
+        ("node", "LowCardinality(String)"),
+        ("imported_at", "DateTime64(3) DEFAULT now64(3)"),
+        ("packets", "UInt64"),
+        ("bytes", "UInt64"),
+        ("skipped", "UInt64"),
+        ("first_ts", "DateTime64(9)"),
+        ("last_ts", "DateTime64(9)"),
+    ],
+    engine="ReplacingMergeTree",
+    engine_args="imported_at",
+    order_by="source",
+    ttl=False,
+)
+
+SNAPSHOTS = Table(
+    name="snapshots",
+    columns=[
+        ("name", "String"),
+        ("created_at", "DateTime64(3) DEFAULT now64(3)"),
+        ("created_by", "String"),
+        ("since", "DateTime64(9)"),
+        ("until", "DateTime64(9)"),
+        ("nodes", "Array(String)"),
+        ("packets", "UInt64"),
+        ("bytes", "UInt64"),
+        ("note", "String"),
+    ],
+    engine="ReplacingMergeTree",
+    engine_args="created_at",
+    order_by="name",
+    ttl=False,
+)
+
+EXPORTS = Table(
+    name="exports",
+    columns=[
+        ("id", "UUID DEFAULT generateUUIDv4()"),
+        ("created_at", "DateTime64(3) DEFAULT now64(3)"),
+        ("created_by", "String"),
+        ("host", "String"),
+        ("filters", "String"),  # JSON of the filters as given
+        ("file", "String"),
+        ("format", "LowCardinality(String)"),
+        ("sha256", "String"),
+        ("packets", "UInt64"),
+        ("bytes", "UInt64"),
+        ("netrecall_version", "String"),
+    ],
+    order_by="created_at",
+    ttl=False,
+)
+
+META = Table(
+    name="netrecall_meta",
+    columns=[("key", "String"), ("value", "String"), ("updated_at", "DateTime64(3) DEFAULT now64(3)")],
+    engine="ReplacingMergeTree",
+    engine_args="updated_at",
+    order_by="key",
+    ttl=False,
+)
+
+# Order matters: `flows` must exist before the view that feeds it.
+TABLES: list[Table] = [META, PACKETS, FLOWS, WORKLOADS, API_CALLS, DISSECT_STATE, IMPORTS, SNAPSHOTS, EXPORTS]
+ROLLING_TABLES = [t.name for t in TABLES if t.ttl]
+
+
+def create_table_sql(table: Table, ttl_seconds: int = DEFAULT_TTL_SECONDS, cluster: str | None = None) -> str:
+    """CREATE TABLE IF NOT EXISTS for one server, or the local ReplicatedMergeTree half on a cluster."""
+    name = table.name + (LOCAL_SUFFIX if cluster else "")
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    engine = table.engine
+    engine_args = table.engine_args
+    if cluster:
+        engine = "Replicated" + engine
+        zk_args = f"'/clickhouse/tables/{{shard}}/{{database}}/{name}', '{{replica}}'"
+        engine_args = f"{zk_args}, {engine_args}" if engine_args else zk_args
+    body = [f"    `{col}` {col_type}" for col, col_type in table.columns]
+    body += [f"    {index}" for index in table.indexes]
+    lines = [f"CREATE TABLE IF NOT EXISTS {name}{on_cluster}", "(", ",\n".join(body), ")"]
+    lines.append(f"ENGINE = {engine}({engine_args})")
+    if table.partition_by:
+        lines.append(f"PARTITION BY {table.partition_by}")
+    lines.append(f"ORDER BY {table.order_by}")
+    if table.ttl:
+        lines.append(_ttl_clause(ttl_seconds))
+    settings = dict(table.settings)
+    if table.ttl:
+        settings["ttl_only_drop_parts"] = 1
+    if cluster:
+        settings.pop("non_replicated_deduplication_window", None)
+    if settings:
+        lines.append("SETTINGS " + ", ".join(f"{k} = {v}" for k, v in settings.items()))
+    return "\n".join(lines)
+
+
+def create_distributed_sql(table: Table, cluster: str) -> str:
+    """The cluster-wide table over the local ones; inserts are spread by flow so a flow stays on one shard."""
+    sharding = "flow_id" if "flow_id" in table.column_names else "rand()"
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table.name} ON CLUSTER {cluster} AS {table.name}{LOCAL_SUFFIX}\n"
+        f"ENGINE = Distributed({cluster}, currentDatabase(), {table.name}{LOCAL_SUFFIX}, {sharding})"
+    )
+
+
+def flows_view_sql(cluster: str | None = None) -> str:
+    """The materialized view from packets to flows (local tables on a cluster: each shard aggregates its own)."""
+    suffix = LOCAL_SUFFIX if cluster else ""
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    select = FLOWS_MV_SELECT.format(packets=f"packets{suffix}")
+    return f"CREATE MATERIALIZED VIEW IF NOT EXISTS flows_mv{suffix}{on_cluster} TO flows{suffix}\nAS{select}".rstrip()
+
+
+def schema_statements(ttl_seconds: int = DEFAULT_TTL_SECONDS, cluster: str | None = None) -> list[str]:
+    """Every DDL statement, in the order they must run."""
+    statements: list[str] = []
+    for table in TABLES:
+        statements.append(create_table_sql(table, ttl_seconds, cluster))
+        if cluster:
+            statements.append(create_distributed_sql(table, cluster))
+    statements.append(flows_view_sql(cluster))
+    return statements
