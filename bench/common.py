@@ -1,0 +1,60 @@
+"""Shared benchmark plumbing: timing a command with its own peak RSS, and printing side-by-side tables."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+OUT = Path(__file__).parent / "out"  # generated captures and stores; never committed
+
+
+@dataclass(frozen=True)
+class Measurement:
+    seconds: float
+    peak_rss_mb: float
+    stdout: str
+
+
+def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> Measurement:
+    """Run a command to completion; wall time and the peak RSS of that process alone (wait4 rusage)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
+    )
+    # Read output before waiting so a chatty process cannot block on a full pipe.
+    stdout = proc.stdout.read() if proc.stdout else b""
+    stderr = proc.stderr.read() if proc.stderr else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}): {stderr.decode()[-500:]}")
+    return Measurement(seconds, usage.ru_maxrss / 1024, stdout.decode(errors="replace"))
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A plain fixed-width table (benchmark output goes to logs, so no colours)."""
+    cells = [list(map(str, header))] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(title)
+    for index, row in enumerate(cells):
+        print("  " + "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
+        if index == 0:
+            print("  " + "  ".join("-" * width for width in widths))
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def verdict(name: str, ok: bool, detail: str) -> bool:
+    print(f"  target {name}: {'MET' if ok else 'MISSED'} ({detail})")
+    return ok
