@@ -362,8 +362,48 @@ META = Table(
     ttl=False,
 )
 
+
+
+def _order_by_columns(order_by: str) -> str:
+    """'(toStartOfMinute(ts), flow_id, ts)' -> 'toStartOfMinute(ts), flow_id, ts' (one tuple level off)."""
+    inner = order_by.strip()
+    return inner[1:-1] if inner.startswith("(") and inner.endswith(")") else inner
+
+
+def snapshot_table(live: Table) -> Table:
+    """The frozen copy of a live table: a leading `snapshot` name, the same columns, engine and indexes.
+
+    Snapshots are kept until deleted, so no TTL (and the byte budget only touches ROLLING_TABLES);
+    PARTITION BY snapshot makes `snapshot delete` a fast DROP PARTITION.
+    """
+    columns = list(live.columns)
+    if live.engine == "AggregatingMergeTree":
+        # The live table may keep stored_at only because it is in the partition key; here it is not, and
+        # an AggregatingMergeTree wants every non-key column to be an aggregate.
+        keep_max = "SimpleAggregateFunction(max, DateTime)"
+        columns = [(n, keep_max if n == "stored_at" else t) for n, t in columns]
+    return Table(
+        name=f"snapshot_{live.name}",
+        columns=[("snapshot", "LowCardinality(String)"), *columns],
+        order_by=f"(snapshot, {_order_by_columns(live.order_by)})",
+        engine=live.engine,
+        engine_args=live.engine_args,
+        partition_by="snapshot",
+        ttl=False,
+        indexes=list(live.indexes),
+    )
+
+
+SNAPSHOT_PACKETS = snapshot_table(PACKETS)
+SNAPSHOT_FLOWS = snapshot_table(FLOWS)
+SNAPSHOT_WORKLOADS = snapshot_table(WORKLOADS)
+SNAPSHOT_API_CALLS = snapshot_table(API_CALLS)
+SNAPSHOT_TABLES = [SNAPSHOT_PACKETS, SNAPSHOT_FLOWS, SNAPSHOT_WORKLOADS, SNAPSHOT_API_CALLS]
+
 # Order matters: `flows` must exist before the view that feeds it.
-TABLES: list[Table] = [META, PACKETS, FLOWS, WORKLOADS, API_CALLS, DISSECT_STATE, IMPORTS, SNAPSHOTS, EXPORTS]
+TABLES: list[Table] = [
+    META, PACKETS, FLOWS, WORKLOADS, API_CALLS, DISSECT_STATE, IMPORTS, SNAPSHOTS, EXPORTS, *SNAPSHOT_TABLES
+]
 ROLLING_TABLES = [t.name for t in TABLES if t.ttl]
 
 
