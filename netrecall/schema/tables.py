@@ -149,6 +149,9 @@ FLOWS = Table(
         "INDEX ix_ip_a ip_a TYPE bloom_filter(0.01) GRANULARITY 4",
         "INDEX ix_ip_b ip_b TYPE bloom_filter(0.01) GRANULARITY 4",
     ],
+    # A retried agent batch (same insert_deduplication_token) must not count twice here either: with
+    # deduplicate_blocks_in_dependent_materialized_views the view's blocks are deduplicated too.
+    settings={"non_replicated_deduplication_window": 1000},
 )
 
 # Fills `flows` from every insert into `packets`, whoever writes it (import, agent, hub ingest).
