@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +111,9 @@ class Store:
         found = self.rows(sql, params)
         return found[0][0] if found else None
 
-    def arrow(self, sql: str, params: Mapping[str, Any] | None = None, settings: Mapping | None = None) -> pa.Table:
+    def arrow(
+        self, sql: str, params: Mapping[str, Any] | None = None, settings: Mapping | None = None
+    ) -> pa.Table:
         """Query into Arrow; String columns arrive as binary so packet bytes survive untouched."""
         with clickhouse_errors():
             return self.client.query_arrow(
@@ -134,9 +136,13 @@ class Store:
                 yield from stream
 
     # --- writing -------------------------------------------------------------------------------------
-    def command(self, sql: str, params: Mapping[str, Any] | None = None, settings: Mapping | None = None) -> Any:
+    def command(
+        self, sql: str, params: Mapping[str, Any] | None = None, settings: Mapping | None = None
+    ) -> Any:
         with clickhouse_errors():
-            return self.client.command(sql, parameters=dict(params or {}) or None, settings=dict(settings or {}))
+            return self.client.command(
+                sql, parameters=dict(params or {}) or None, settings=dict(settings or {})
+            )
 
     def insert_arrow(self, table: str, arrow_table: pa.Table, settings: Mapping | None = None) -> None:
         """Insert an Arrow table by column name; absent columns take their DEFAULT."""
@@ -180,6 +186,9 @@ def _open_http(address: StoreURL) -> Any:
             secure=address.secure,
             database="default",
             compress="lz4",
+            # One Store is shared by threads (hub, agent); a client-wide session would make concurrent
+            # queries fail (ClickHouse allows one query per session at a time). Nothing relies on sessions.
+            autogenerate_session_id=False,
         )
     except Exception as exc:  # connection refused, TLS, auth: all one line for the user
         raise NetrecallError(f"cannot reach ClickHouse at {address.display}: {_first_line(exc)}") from None
@@ -207,10 +216,8 @@ def _write_owner(path: str) -> None:
         "hub_url": os.environ.get("NETRECALL_HUB_URL", ""),
         "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    try:
+    with suppress(OSError):  # the owner note is advice for other processes, never a reason to fail
         (Path(path) / OWNER_FILE).write_text(json.dumps(owner))
-    except OSError:
-        pass  # the owner note is advice for other processes, never a reason to fail
 
 
 def _explain_chdb_refusal(path: str, exc: Exception) -> str:
@@ -226,7 +233,9 @@ def _explain_chdb_refusal(path: str, exc: Exception) -> str:
         owner = json.loads((Path(path) / OWNER_FILE).read_text())
     except (OSError, ValueError):
         owner = {}
-    who = f"process {owner.get('pid')} ({owner.get('command') or 'netrecall'})" if owner else "another process"
+    who = (
+        f"process {owner.get('pid')} ({owner.get('command') or 'netrecall'})" if owner else "another process"
+    )
     hub = owner.get("hub_url") or "http://HOST:PORT"
     return (
         f"the embedded store at {path} is in use by {who}: an embedded store has one owner at a time; "
@@ -253,11 +262,23 @@ def clickhouse_errors() -> Iterator[None]:
         raise NetrecallError(f"ClickHouse: {_clean_server_message(str(exc))}") from None
 
 
+_SERVER_ERROR = re.compile(
+    r"Code: (\d+)\. DB::Exception: (.*?)\.?(?: \(([A-Z][A-Z0-9_]+)\))?(?: \(version [^)]*\))?"
+    r"(?: \(for url [^)]*\))?\s*(?:Stack trace.*)?$",
+    re.S,
+)
+_MAX_MESSAGE = 400
+
+
 def _clean_server_message(text: str) -> str:
-    code = re.search(r"Code: (\d+)\. DB::Exception: (.*?)(?: \(([A-Z_]+)\))?(?:\.|$| Stack trace)", text, re.S)
-    if code:
-        return f"{code.group(2).strip()} (code {code.group(1)}{', ' + code.group(3) if code.group(3) else ''})"
-    return _first_line(Exception(text))
+    """The server's message on one line, without version, URL or stack trace (the same from both backends)."""
+    code = _SERVER_ERROR.search(text.strip())
+    if not code:
+        return _first_line(Exception(text))
+    message = " ".join(code.group(2).split())  # multi-line messages (syntax errors) become one line
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE].rstrip() + "…"
+    return f"{message} (code {code.group(1)}{', ' + code.group(3) if code.group(3) else ''})"
 
 
 def sql_identifier(name: str) -> str:

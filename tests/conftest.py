@@ -37,6 +37,32 @@ def store(store_url: str) -> Store:
     opened.command(f"DROP DATABASE IF EXISTS {opened.database}")
 
 
+@pytest.fixture(scope="session")
+def chfront(chdb_path: Path):
+    """The ClickHouse HTTP front (tests/chfront.py), in this process on the session's chDB engine."""
+    from chfront import ChFront
+
+    with ChFront(chdb_path) as front:
+        yield front
+
+
+@pytest.fixture(params=["chdb", "http"])
+def any_store(request: pytest.FixtureRequest, chdb_path: Path) -> Store:
+    """A fresh database with the schema, reached embedded (chdb://) or over HTTP through the front."""
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    if request.param == "chdb":
+        url = f"chdb://{chdb_path}?database={database}"
+    else:
+        front = request.getfixturevalue("chfront")
+        url = f"{front.url}/{database}"
+    opened = open_store(url)
+    ensure_schema(opened)
+    yield opened
+    opened.command(f"DROP DATABASE IF EXISTS {opened.database}")
+    if request.param == "http":
+        opened.close()  # the embedded client stays, like `store`'s: it shares the session's engine
+
+
 def require_tool(name: str) -> str:
     """The path of a Debian tool the tests need; `make test` installs them, so absence is a failure."""
     found = shutil.which(name)
