@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 # Each module has `register(app)`; the order is the order of `netrecall --help`.
-_COMMAND_MODULES = ["schema"]
+_COMMAND_MODULES = ["schema", "export", "snapshot"]
 
 
 def _register_commands() -> None:
