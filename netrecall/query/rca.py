@@ -1,0 +1,533 @@
+"""Root-cause helpers over api_calls and flows: error summary, call tracing, DNS failures, stats, IPs.
+
+Every answer is compact and bounded: groups rather than rows, a `limit`, `truncated` and a `hint` saying
+how to narrow. Endpoints are named by workload (namespace/name), falling back to service, pod, then IP,
+so a summary reads like the cluster and not like a packet dump.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from netrecall.errors import NetrecallError
+from netrecall.store import Store
+from netrecall.timeutil import format_time_ns, parse_duration_ns
+
+DNS_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+MAX_LIMIT = 1000
+
+
+def who(side: str) -> str:
+    """SQL naming one end of a call: ns/workload, ns/service, ns/pod, or the bare IP."""
+    return (
+        f"multiIf({side}_workload != '', "
+        f"concat({side}_namespace, '/', splitByChar('/', {side}_workload)[-1]), "
+        f"{side}_service != '', concat({side}_namespace, '/', {side}_service), "
+        f"{side}_pod != '', concat({side}_namespace, '/', {side}_pod), "
+        f"replaceRegexpOne(toString({side}_ip), '^::ffff:', ''))"
+    )
+
+
+def _flow_who(side: str) -> str:
+    return (
+        f"multiIf({side}_workload != '', "
+        f"concat({side}_namespace, '/', splitByChar('/', {side}_workload)[-1]), "
+        f"{side}_service != '', concat({side}_namespace, '/', {side}_service), "
+        f"{side}_pod != '', concat({side}_namespace, '/', {side}_pod), "
+        f"replaceRegexpOne(toString(ip_{side}), '^::ffff:', ''))"
+    )
+
+
+class Scope:
+    """Which table to read (live or a snapshot's frozen copy), a time window and an optional KFL filter,
+    rendered as a WHERE clause with bound parameters."""
+
+    def __init__(
+        self,
+        table: str = "api_calls",
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        snapshot: str | None = None,
+        kfl: str = "",
+        ts: str = "ts",
+    ) -> None:
+        self.params: dict[str, Any] = {}
+        self.where: list[str] = []
+        self.table = table
+        if snapshot:
+            self.table = f"snapshot_{table}"
+            self.where.append("snapshot = {scope_snapshot:String}")
+            self.params["scope_snapshot"] = snapshot
+        if since_ns is not None:
+            self.where.append(f"{ts} >= fromUnixTimestamp64Nano({{scope_since:Int64}})")
+            self.params["scope_since"] = int(since_ns)
+        if until_ns is not None:
+            self.where.append(f"{ts} < fromUnixTimestamp64Nano({{scope_until:Int64}})")
+            self.params["scope_until"] = int(until_ns)
+        if kfl and kfl.strip():
+            self._add_kfl(kfl)
+
+    def _add_kfl(self, kfl: str) -> None:
+        from netrecall.query.kfl import compile_filter
+
+        compiled = compile_filter(kfl, "api_calls")
+        if compiled.table != "api_calls":
+            raise NetrecallError("this filter names L4 flow fields: use list_l4_flows for flows")
+        sql, params = compiled.where, dict(compiled.params)
+        if sql and sql != "1":
+            self.where.append(f"({sql})")
+            self.params.update(params)
+
+    def clause(self, *extra: str) -> str:
+        parts = [*self.where, *[e for e in extra if e]]
+        return " AND ".join(parts) if parts else "1"
+
+
+def _ts(value: Any) -> str | None:
+    """A DateTime64 from the driver (datetime, naive UTC) as RFC 3339 with nanoseconds."""
+    if value is None:
+        return None
+    if hasattr(value, "timestamp"):
+        from datetime import UTC
+
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        whole = int(value.timestamp())
+        return format_time_ns(whole * 1_000_000_000 + value.microsecond * 1000)
+    return str(value)
+
+
+def _limit(limit: int) -> int:
+    if limit < 1:
+        raise NetrecallError("limit must be at least 1")
+    return min(int(limit), MAX_LIMIT)
+
+
+_ERROR_KINDS = """
+    multiIf(
+        protocol = 'dns' AND status_code != 0, 'dns_error',
+        protocol = 'grpc' AND grpc_status != 0, 'grpc_error',
+        protocol IN ('http', 'http2') AND status_code >= 500, 'http_5xx',
+        protocol IN ('http', 'http2') AND status_code >= 400, 'http_4xx',
+        error != '', 'parse_error',
+        '')
+"""
+
+
+def summarize_errors(store: Store, scope: Scope, limit: int = 20, include_4xx: bool = True) -> dict[str, Any]:
+    """Errors grouped by (kind, protocol, source, destination, code) with counts and first/last seen.
+
+    Kinds: http_5xx, http_4xx (kept separate: a 404 storm is rarely the outage), dns_error (rcode != 0),
+    grpc_error (status != 0), parse_error (stream that could not be dissected), tcp_reset (from flows).
+    """
+    limit = _limit(limit)
+    kind_filter = "kind != ''" if include_4xx else "kind NOT IN ('', 'http_4xx')"
+    sql = f"""
+        SELECT kind, protocol, {who("src")} AS src, {who("dst")} AS dst,
+               if(kind = 'grpc_error', grpc_status, status_code) AS code, any(status_text) AS status_text,
+               count() AS count, min(ts) AS first_seen, max(ts) AS last_seen,
+               argMin(id, ts) AS example_id,
+               argMin(multiIf(protocol = 'dns', concat(dns_questions[1], ' ', dns_question_types[1]),
+                              protocol = 'grpc', grpc_method,
+                              concat(method, ' ', path)), ts) AS sample,
+               count() OVER () AS groups_total, sum(count()) OVER () AS errors_total
+        FROM (SELECT *, {_ERROR_KINDS} AS kind FROM {scope.table} FINAL WHERE {scope.clause()})
+        WHERE {kind_filter}
+        GROUP BY kind, protocol, src, dst, code
+        ORDER BY count DESC, first_seen
+        LIMIT {{lim:UInt32}}
+    """
+    rows = store.dicts(sql, {**scope.params, "lim": limit})
+    groups = [_error_group(r) for r in rows]
+    resets = _reset_groups(store, scope, limit)
+    groups_total = (rows[0]["groups_total"] if rows else 0) + len(resets)
+    errors_total = (int(rows[0]["errors_total"]) if rows else 0) + sum(g["count"] for g in resets)
+    groups = sorted(groups + resets, key=lambda g: -g["count"])[:limit]
+    truncated = groups_total > len(groups)
+    answer: dict[str, Any] = {"groups": groups, "errors": errors_total, "truncated": truncated}
+    if truncated:
+        answer["hint"] = "narrow with kfl (e.g. 'dst.namespace == \"shop\"'), a time window, or raise limit"
+    if groups:
+        answer["next"] = "trace_call(example_id) shows what the endpoints sent and received around an error"
+    return answer
+
+
+def _error_group(row: Mapping[str, Any]) -> dict[str, Any]:
+    code = int(row["code"])
+    text = row["status_text"] or (DNS_RCODES.get(code, "") if row["kind"] == "dns_error" else "")
+    return {
+        "kind": row["kind"],
+        "proto": row["protocol"],
+        "src": row["src"],
+        "dst": row["dst"],
+        "code": code,
+        "status_text": text,
+        "count": int(row["count"]),
+        "first_seen": _ts(row["first_seen"]),
+        "last_seen": _ts(row["last_seen"]),
+        "example_id": row["example_id"],
+        "sample": row["sample"].strip(),
+    }
+
+
+def _reset_groups(store: Store, scope: Scope, limit: int) -> list[dict[str, Any]]:
+    """TCP resets from the flows table, client first when the SYN was seen."""
+    flows = Scope("flows", snapshot=scope.params.get("scope_snapshot"), ts="first_ts")
+    where = flows.where[:]
+    params = dict(flows.params)
+    if "scope_since" in scope.params:
+        where.append("last_ts >= fromUnixTimestamp64Nano({f_since:Int64})")
+        params["f_since"] = scope.params["scope_since"]
+    if "scope_until" in scope.params:
+        where.append("first_ts < fromUnixTimestamp64Nano({f_until:Int64})")
+        params["f_until"] = scope.params["scope_until"]
+    sql = f"""
+        SELECT if(syn_from = 2, {_flow_who("b")}, {_flow_who("a")}) AS src,
+               if(syn_from = 2, {_flow_who("a")}, {_flow_who("b")}) AS dst,
+               if(syn_from = 2, port_a, port_b) AS port,
+               sum(resets) AS count, min(first_ts) AS first_seen, max(last_ts) AS last_seen
+        FROM (SELECT flow_id, any(l4) AS l4, any(ip_a) AS ip_a, any(ip_b) AS ip_b, any(port_a) AS port_a,
+                     any(port_b) AS port_b, max(syn_from) AS syn_from, sum(resets) AS resets,
+                     min(first_ts) AS first_ts, max(last_ts) AS last_ts,
+                     anyLast(a_workload) AS a_workload, anyLast(a_namespace) AS a_namespace,
+                     anyLast(a_service) AS a_service, anyLast(a_pod) AS a_pod,
+                     anyLast(b_workload) AS b_workload, anyLast(b_namespace) AS b_namespace,
+                     anyLast(b_service) AS b_service, anyLast(b_pod) AS b_pod
+              FROM {flows.table} WHERE {" AND ".join(where) or "1"} GROUP BY flow_id)
+        WHERE resets > 0
+        GROUP BY src, dst, port
+        ORDER BY count DESC
+        LIMIT {{lim:UInt32}}
+    """
+    rows = store.dicts(sql, {**params, "lim": limit})
+    return [
+        {
+            "kind": "tcp_reset",
+            "proto": "tcp",
+            "src": r["src"],
+            "dst": r["dst"],
+            "code": int(r["port"]),
+            "status_text": f"RST on port {r['port']}",
+            "count": int(r["count"]),
+            "first_seen": _ts(r["first_seen"]),
+            "last_seen": _ts(r["last_seen"]),
+            "example_id": "",
+            "sample": "",
+        }
+        for r in rows
+    ]
+
+
+def dns_failures(store: Store, scope: Scope, limit: int = 20) -> dict[str, Any]:
+    """Failed lookups (rcode != 0, or a query that never got an answer) grouped by name, type and asker."""
+    limit = _limit(limit)
+    sql = f"""
+        SELECT dns_questions[1] AS qname, dns_question_types[1] AS qtype,
+               if(has_response OR dns_response, toString(status_code), 'no_response') AS rcode,
+               {who("src")} AS client, {who("dst")} AS server,
+               count() AS count, min(ts) AS first_seen, max(ts) AS last_seen, argMin(id, ts) AS example_id,
+               count() OVER () AS groups_total
+        FROM {scope.table} FINAL
+        WHERE {
+        scope.clause(
+            "protocol = 'dns'",
+            "(status_code != 0 OR (dns_request AND NOT has_response AND NOT dns_response))",
+        )
+    }
+        GROUP BY qname, qtype, rcode, client, server
+        ORDER BY count DESC, first_seen
+        LIMIT {{lim:UInt32}}
+    """
+    rows = store.dicts(sql, {**scope.params, "lim": limit})
+    failures = []
+    for r in rows:
+        rcode = r["rcode"]
+        name = "NO_RESPONSE" if rcode == "no_response" else DNS_RCODES.get(int(rcode), f"RCODE{rcode}")
+        failures.append(
+            {
+                "qname": r["qname"],
+                "qtype": r["qtype"],
+                "rcode": name,
+                "client": r["client"],
+                "server": r["server"],
+                "count": int(r["count"]),
+                "first_seen": _ts(r["first_seen"]),
+                "last_seen": _ts(r["last_seen"]),
+                "example_id": r["example_id"],
+            }
+        )
+    total = rows[0]["groups_total"] if rows else 0
+    answer: dict[str, Any] = {"failures": failures, "total": total, "truncated": total > len(failures)}
+    if answer["truncated"]:
+        answer["hint"] = "narrow with a time window or kfl (e.g. 'src.namespace == \"shop\"'), or raise limit"
+    return answer
+
+
+_ENDS_MATCH = "(src_ip IN ({src_ip:IPv6}, {dst_ip:IPv6}) OR dst_ip IN ({src_ip:IPv6}, {dst_ip:IPv6}))"
+
+
+def trace_call(
+    store: Store, call_id: str, window: str = "5s", limit: int = 50, snapshot: str | None = None
+) -> dict[str, Any]:
+    """What the failing call's two ends sent and received around it, in time order, DNS included.
+
+    The source's own calls show what the client did before and after; the destination's outgoing calls
+    during the call show what the server depended on while it answered (a failed lookup, a 503 upstream).
+    """
+    limit = _limit(limit)
+    span = parse_duration_ns(window)
+    base = Scope(snapshot=snapshot)
+    found = store.dicts(
+        f"""SELECT id, ts, elapsed_time, src_ip, dst_ip, {who("src")} AS src, {who("dst")} AS dst,
+                   toUnixTimestamp64Nano(ts) AS ts_ns
+            FROM {base.table} FINAL WHERE {base.clause("id = {cid:String}")} LIMIT 1""",
+        {**base.params, "cid": call_id},
+    )
+    if not found:
+        raise NetrecallError(f"no call with id {call_id!r}")
+    call = found[0]
+    start = int(call["ts_ns"]) - span
+    end = int(call["ts_ns"]) + int(call["elapsed_time"]) * 1000 + span
+    scope = Scope(snapshot=snapshot, since_ns=start, until_ns=end)
+    sql = f"""
+        SELECT id, ts, protocol, {who("src")} AS src, {who("dst")} AS dst, method, path, status_code,
+               status_text, elapsed_time, dns_questions, dns_question_types, dns_answers, grpc_method,
+               grpc_status, error,
+               multiIf(id = {{cid:String}}, 'call',
+                       src_ip = {{src_ip:IPv6}}, 'source_sent',
+                       dst_ip = {{src_ip:IPv6}}, 'source_received',
+                       src_ip = {{dst_ip:IPv6}}, 'destination_sent',
+                       'destination_received') AS role,
+               count() OVER () AS total
+        FROM {scope.table} FINAL
+        WHERE {scope.clause(_ENDS_MATCH)}
+        ORDER BY ts, id
+        LIMIT {{lim:UInt32}}
+    """
+    params = {
+        **scope.params,
+        "cid": call_id,
+        "src_ip": str(call["src_ip"]),
+        "dst_ip": str(call["dst_ip"]),
+        "lim": limit,
+    }
+    rows = store.dicts(sql, params)
+    events = [_trace_event(r) for r in rows]
+    total = rows[0]["total"] if rows else 0
+    answer: dict[str, Any] = {
+        "call": {"id": call_id, "ts": _ts(call["ts"]), "src": call["src"], "dst": call["dst"]},
+        "window": window,
+        "events": events,
+        "total": total,
+        "truncated": total > len(events),
+    }
+    failing = [e for e in events if e.get("failed") and e["role"] != "call"]
+    if failing:
+        answer["failed_nearby"] = len(failing)
+    if answer["truncated"]:
+        answer["hint"] = "use a shorter window (e.g. window='1s') or raise limit"
+    return answer
+
+
+def _trace_event(r: Mapping[str, Any]) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "ts": _ts(r["ts"]),
+        "role": r["role"],
+        "proto": r["protocol"],
+        "src": r["src"],
+        "dst": r["dst"],
+        "id": r["id"],
+    }
+    proto = r["protocol"]
+    if proto == "dns":
+        event["dns"] = {
+            "qname": r["dns_questions"][0] if r["dns_questions"] else "",
+            "qtype": r["dns_question_types"][0] if r["dns_question_types"] else "",
+            "rcode": DNS_RCODES.get(int(r["status_code"]), str(r["status_code"])),
+            "answers": list(r["dns_answers"])[:4],
+        }
+        failed = int(r["status_code"]) != 0
+    elif proto == "grpc":
+        event.update(method=r["grpc_method"], status=int(r["grpc_status"]))
+        failed = int(r["grpc_status"]) != 0
+    else:
+        event.update(method=r["method"], path=r["path"], status=int(r["status_code"]))
+        failed = int(r["status_code"]) >= 500
+    if r["error"]:
+        event["error"] = r["error"]
+    event["latency_ms"] = round(int(r["elapsed_time"]) / 1000, 3)
+    if failed or r["error"]:
+        event["failed"] = True
+    return event
+
+
+def api_stats(store: Store, scope: Scope, top: int = 10) -> dict[str, Any]:
+    """Counts by protocol and status class, latency percentiles, and the busiest endpoints."""
+    top = _limit(top)
+    by_proto = store.dicts(
+        f"""SELECT protocol, count() AS calls,
+                   countIf(multiIf(protocol = 'dns', status_code != 0, protocol = 'grpc', grpc_status != 0,
+                                   status_code >= 500)) AS errors,
+                   round(quantile(0.5)(elapsed_time) / 1000, 3) AS p50_ms,
+                   round(quantile(0.95)(elapsed_time) / 1000, 3) AS p95_ms,
+                   min(ts) AS first_seen, max(ts) AS last_seen
+            FROM {scope.table} FINAL WHERE {scope.clause()} GROUP BY protocol ORDER BY calls DESC""",
+        scope.params,
+    )
+    endpoints = store.dicts(
+        f"""SELECT {who("dst")} AS dst, protocol,
+                   if(protocol = 'dns', dns_questions[1], if(protocol = 'grpc', grpc_method, path)) AS target,
+                   count() AS calls,
+                   countIf(multiIf(protocol = 'dns', status_code != 0, protocol = 'grpc', grpc_status != 0,
+                                   status_code >= 500)) AS errors,
+                   round(quantile(0.95)(elapsed_time) / 1000, 3) AS p95_ms
+            FROM {scope.table} FINAL WHERE {scope.clause()}
+            GROUP BY dst, protocol, target ORDER BY calls DESC LIMIT {{lim:UInt32}}""",
+        {**scope.params, "lim": top},
+    )
+    status = store.dicts(
+        f"""SELECT protocol, status_code AS code, count() AS calls
+            FROM {scope.table} FINAL WHERE {scope.clause()}
+            GROUP BY protocol, code ORDER BY calls DESC LIMIT 30""",
+        scope.params,
+    )
+    return {
+        "protocols": [
+            {
+                **r,
+                "calls": int(r["calls"]),
+                "errors": int(r["errors"]),
+                "first_seen": _ts(r["first_seen"]),
+                "last_seen": _ts(r["last_seen"]),
+            }
+            for r in by_proto
+        ],
+        "status_codes": [{**r, "calls": int(r["calls"])} for r in status],
+        "top_endpoints": [{**r, "calls": int(r["calls"]), "errors": int(r["errors"])} for r in endpoints],
+    }
+
+
+def list_ips(store: Store, scope: Scope, limit: int = 100) -> dict[str, Any]:
+    """Every IP seen in api_calls with the workload it resolved to and how many calls it was part of."""
+    limit = _limit(limit)
+    sql = f"""
+        SELECT ip, any(name) AS name, any(namespace) AS namespace, any(kind) AS kind, sum(n) AS calls,
+               count() OVER () AS total
+        FROM (
+            SELECT src_ip AS ip, if(src_pod != '', src_pod, src_service) AS name, src_namespace AS namespace,
+                   if(src_pod != '', 'pod', if(src_service != '', 'service', '')) AS kind, count() AS n
+            FROM {scope.table} FINAL WHERE {scope.clause()} GROUP BY ip, name, namespace, kind
+            UNION ALL
+            SELECT dst_ip, if(dst_pod != '', dst_pod, dst_service), dst_namespace,
+                   if(dst_pod != '', 'pod', if(dst_service != '', 'service', '')), count()
+            FROM {scope.table} FINAL WHERE {scope.clause()}
+            GROUP BY dst_ip, dst_pod, dst_service, dst_namespace
+        )
+        GROUP BY ip ORDER BY calls DESC LIMIT {{lim:UInt32}}
+    """
+    rows = store.dicts(sql, {**scope.params, "lim": limit})
+    ips = [
+        {
+            "ip": _ip(r["ip"]),
+            "name": r["name"],
+            "namespace": r["namespace"],
+            "kind": r["kind"],
+            "calls": int(r["calls"]),
+        }
+        for r in rows
+    ]
+    total = rows[0]["total"] if rows else 0
+    return {"ips": ips, "total": total, "truncated": total > len(ips)}
+
+
+def _ip(value: Any) -> str:
+    """IPv4-mapped IPv6 back to a dotted quad."""
+    from ipaddress import IPv6Address, ip_address
+
+    address = value if isinstance(value, IPv6Address) else ip_address(str(value))
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+def list_flows(
+    store: Store,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+    ip: str | None = None,
+    port: int | None = None,
+    aggregate: bool = False,
+    limit: int = 100,
+    snapshot: str | None = None,
+) -> dict[str, Any]:
+    """L4 flows (both directions merged over the window); `aggregate` rolls them up per workload pair."""
+    limit = _limit(limit)
+    scope = Scope("flows", snapshot=snapshot)
+    where = list(scope.where)
+    params = dict(scope.params)
+    if since_ns is not None:
+        where.append("window_start >= toStartOfMinute(fromUnixTimestamp64Nano({since:Int64}))")
+        params["since"] = int(since_ns)
+    if until_ns is not None:
+        where.append("window_start < fromUnixTimestamp64Nano({until:Int64})")
+        params["until"] = int(until_ns)
+    if ip:
+        where.append("(ip_a = toIPv6({ip:String}) OR ip_b = toIPv6({ip:String}))")
+        params["ip"] = ip if ":" in ip else f"::ffff:{ip}"
+    if port is not None:
+        where.append("(port_a = {port:UInt16} OR port_b = {port:UInt16})")
+        params["port"] = int(port)
+    merged = f"""
+        SELECT flow_id, any(l4) AS l4, any(ip_a) AS ip_a, any(port_a) AS port_a, any(ip_b) AS ip_b,
+               any(port_b) AS port_b, max(syn_from) AS syn_from, min(first_ts) AS first_ts,
+               max(last_ts) AS last_ts,
+               sum(packets_ab) AS packets_ab, sum(packets_ba) AS packets_ba, sum(bytes_ab) AS bytes_ab,
+               sum(bytes_ba) AS bytes_ba, sum(resets) AS resets,
+               sum(data_segments) - uniqExactMerge(uniq_segments) AS retransmissions,
+               if(min(synack_ts) IS NULL OR min(syn_ts) IS NULL, NULL,
+                  dateDiff('microsecond', min(syn_ts), min(synack_ts))) AS rtt_us,
+               anyLast(a_workload) AS a_workload, anyLast(a_namespace) AS a_namespace,
+               anyLast(a_service) AS a_service, anyLast(a_pod) AS a_pod,
+               anyLast(b_workload) AS b_workload, anyLast(b_namespace) AS b_namespace,
+               anyLast(b_service) AS b_service, anyLast(b_pod) AS b_pod
+        FROM {scope.table} WHERE {" AND ".join(where) or "1"} GROUP BY flow_id
+    """
+    client, server = (
+        f"if(syn_from = 2, {_flow_who('b')}, {_flow_who('a')})",
+        f"if(syn_from = 2, {_flow_who('a')}, {_flow_who('b')})",
+    )
+    if aggregate:
+        sql = f"""
+            SELECT {client} AS src, {server} AS dst, any(l4) AS l4,
+                   if(syn_from = 2, port_a, port_b) AS dst_port,
+                   count() AS flows, sum(packets_ab + packets_ba) AS packets,
+                   sum(bytes_ab + bytes_ba) AS bytes,
+                   sum(resets) AS resets, sum(retransmissions) AS retransmissions,
+                   min(first_ts) AS first_seen, max(last_ts) AS last_seen, count() OVER () AS total
+            FROM ({merged}) GROUP BY src, dst, dst_port ORDER BY bytes DESC LIMIT {{lim:UInt32}}
+        """
+    else:
+        sql = f"""
+            SELECT {client} AS src, {server} AS dst, l4,
+                   replaceRegexpOne(toString(if(syn_from = 2, ip_b, ip_a)), '^::ffff:', '') AS src_ip,
+                   if(syn_from = 2, port_b, port_a) AS src_port,
+                   replaceRegexpOne(toString(if(syn_from = 2, ip_a, ip_b)), '^::ffff:', '') AS dst_ip,
+                   if(syn_from = 2, port_a, port_b) AS dst_port,
+                   packets_ab + packets_ba AS packets, bytes_ab + bytes_ba AS bytes, resets, retransmissions,
+                   rtt_us, first_ts AS first_seen, last_ts AS last_seen, count() OVER () AS total
+            FROM ({merged}) ORDER BY first_seen LIMIT {{lim:UInt32}}
+        """
+    rows = store.dicts(sql, {**params, "lim": limit})
+    total = rows[0]["total"] if rows else 0
+    flows = []
+    for r in rows:
+        item = {k: v for k, v in r.items() if k != "total"}
+        item["first_seen"], item["last_seen"] = _ts(r["first_seen"]), _ts(r["last_seen"])
+        for key in ("packets", "bytes", "resets", "retransmissions", "flows"):
+            if key in item:
+                item[key] = int(item[key])
+        flows.append(item)
+    answer: dict[str, Any] = {"flows": flows, "total": total, "truncated": total > len(flows)}
+    if answer["truncated"]:
+        answer["hint"] = "filter by ip or port, a time window, or use aggregate=true"
+    return answer
