@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl
 
 MASK = "[REDACTED]"
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
@@ -46,7 +46,7 @@ def redact_query(query: str) -> str:
     for part in query.split("&"):
         key, sep, value = part.partition("=")
         if sep and is_secret_key(_unquote(key)) and value:
-            out.append(f"{key}={quote(MASK)}")
+            out.append(f"{key}={MASK}")
         else:
             out.append(part)
     return "&".join(out)
