@@ -1,0 +1,17 @@
+"""Protocol modules, one per protocol: each has a detector by content, a parser and the mapping to api_calls
+columns. `stream_dissectors()` lists the TCP ones in the order they are tried; docs/protocols.md explains
+how to add one (HTTP/2, gRPC, Redis, Kafka, PostgreSQL and TLS are next)."""
+
+from __future__ import annotations
+
+from netrecall.dissect.protocols import dns, http1
+from netrecall.dissect.protocols.base import StreamDissector
+
+
+def stream_dissectors() -> list[StreamDissector]:
+    """Fresh dissector instances for one run (some keep per-run state, such as DNS matching)."""
+    return [http1.HttpDissector(), dns.DnsTcpDissector()]
+
+
+# every protocol name a run may count calls or parse errors for, in summary order
+PROTOCOLS = ("http", "dns", "tcp", "udp")

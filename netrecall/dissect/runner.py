@@ -1,0 +1,183 @@
+"""`dissect()`: stored packets of a time range -> api_calls rows, chunk by chunk, resumable by watermark.
+
+Memory is bounded by the chunk (about `chunk_packets` packets) plus the state of streams still open.
+The watermark (table dissect_state, one row per scope) is where the next run without --since starts:
+the capture time of the oldest message still unfinished when this run ended (a request waiting for its
+response, a half-received body), so that call is produced again, complete, with the same id. A second
+row (scope + '|until') remembers how far the run read, so the next run drops responses whose requests it
+cannot see because they were already produced whole.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from netrecall.dissect.calls import Context, DissectConfig
+from netrecall.dissect.engine import Engine
+from netrecall.dissect.source import PacketSource
+from netrecall.dissect.writer import dedupe, enrich, write_calls
+from netrecall.errors import NetrecallError
+from netrecall.store import Store
+
+DEFAULT_CHUNK_PACKETS = 250_000
+MAX_LOOKBACK_NS = 600 * 1_000_000_000  # a watermark never holds back more than this behind the range's end
+
+
+@dataclass
+class DissectSummary:
+    calls: dict[str, int] = field(default_factory=dict)  # per protocol, rows written
+    partial: int = 0
+    errors: int = 0  # rows with an error text (unparseable streams)
+    parse_errors: dict[str, int] = field(default_factory=dict)
+    packets: int = 0  # packets read (those with payload or SYN/FIN/RST)
+    seconds: float = 0.0
+    chunks: int = 0
+    since_ns: int = 0
+    until_ns: int = 0
+    watermark_ns: int = 0
+    duplicates_skipped: int = 0
+    error_samples: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "total_calls": self.total_calls}
+
+
+def _state(store: Store, scope: str) -> int | None:
+    value = store.scalar(
+        "SELECT toUnixTimestamp64Nano(argMax(watermark, updated_at)) FROM dissect_state "
+        "WHERE scope = {s:String} HAVING count() > 0",
+        {"s": scope},
+    )
+    return int(value) if value is not None else None
+
+
+def _set_state(store: Store, scope: str, value_ns: int) -> None:
+    store.command(
+        "INSERT INTO dissect_state (scope, watermark) "
+        "VALUES ({s:String}, fromUnixTimestamp64Nano({w:Int64}))",
+        {"s": scope, "w": int(value_ns)},
+    )
+
+
+def dissect(
+    store: Store,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+    node: str | None = None,
+    snapshot: str | None = None,
+    progress: bool = False,
+    chunk_packets: int = DEFAULT_CHUNK_PACKETS,
+    config: DissectConfig | None = None,
+) -> DissectSummary:
+    """Dissect [since, until) (default: from the watermark, or the first packet, to the last packet)."""
+    started = time.perf_counter()
+    source = PacketSource.for_run(snapshot, node)
+    if snapshot and not store.scalar("EXISTS TABLE snapshot_packets"):
+        raise NetrecallError(f"snapshot {snapshot!r}: this store has no snapshot tables")
+    summary = DissectSummary()
+    count, first, last = source.bounds(store)
+    watermark = _state(store, source.scope)
+    resumed = since_ns is None and watermark is not None
+    if since_ns is None:
+        since_ns = watermark if watermark is not None else first
+    if until_ns is None:
+        until_ns = last + 1
+    summary.since_ns, summary.until_ns = since_ns, until_ns
+    if count == 0 or until_ns <= since_ns:
+        summary.watermark_ns = watermark or 0
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    ctx = Context(config=config or DissectConfig())
+    if resumed:
+        ctx.drop_orphans_before_ns = _state(store, source.scope + "|until") or 0
+    engine = Engine(ctx)
+    slices = source.plan(store, since_ns, until_ns, chunk_packets)
+    enriched = source.has_enrichment(store, since_ns, until_ns)
+    nodes = source.nodes(store, since_ns, until_ns)
+    only_node = nodes[0] if len(nodes) == 1 else ""
+    per_protocol: Counter = Counter()
+
+    def flush(piece: tuple[int, int, int] | None) -> None:
+        calls = ctx.calls
+        if not calls:
+            return
+        ctx.calls = []
+        lookup = None
+        if enriched or not only_node:
+            lo, hi = (piece[0], piece[1]) if piece else (since_ns, until_ns)
+            lo = min(lo, min(c["ts"] for c in calls))
+            lookup = source.endpoints(store, lo, hi)
+        enrich(calls, lookup, only_node)
+        fresh = dedupe(store, source.calls_table, calls, source.where, source.params)
+        summary.duplicates_skipped += len(calls) - len(fresh)
+        write_calls(store, source.calls_table, fresh, source.extra_columns)
+        for call in fresh:
+            per_protocol[call["protocol"]] += 1
+            summary.partial += bool(call.get("partial"))
+            summary.errors += bool(call.get("error"))
+
+    bar = _progress(progress, sum(s[2] for s in slices))
+    try:
+        for piece in slices:
+            chunk = source.read(store, piece[0], piece[1])
+            engine.process(chunk)
+            summary.packets += len(chunk)
+            summary.chunks += 1
+            flush(piece)
+            if bar is not None:
+                bar.advance(len(chunk))
+        pending = engine.pending_ts()
+        engine.finish()
+        flush(None)
+    finally:
+        if bar is not None:
+            bar.stop()
+
+    resume = until_ns if pending is None else max(min(pending, until_ns), until_ns - MAX_LOOKBACK_NS)
+    resume = max(resume, since_ns)
+    if watermark is None or resume > watermark:
+        _set_state(store, source.scope, resume)
+        _set_state(store, source.scope + "|until", until_ns)
+        summary.watermark_ns = resume
+    else:
+        summary.watermark_ns = watermark
+    summary.calls = dict(per_protocol)
+    summary.parse_errors = dict(ctx.parse_errors)
+    summary.error_samples = dict(ctx.error_samples)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+class _Bar:
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("dissecting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("packets"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.task = self.progress.add_task("dissect", total=total)
+        self.progress.start()
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _progress(enabled: bool, total: int) -> _Bar | None:
+    return _Bar(total) if enabled else None
