@@ -240,21 +240,20 @@ def _require_namespace(store: Store, snapshot: str | None, namespace: str) -> No
 
 
 def _kfl_clause(text: str, snapshot: str | None, params: dict[str, Any]) -> str:
-    """The packets of the flows behind the API calls a KFL filter matches, within the window."""
-    try:
-        from netrecall.query.kfl import compile_filter
-    except ImportError:
-        raise NetrecallError(
-            "--kfl needs the KFL compiler (netrecall.query.kfl), missing from this build"
-        ) from None
-    compiled = compile_filter(text, table="snapshot_api_calls" if snapshot else "api_calls")
+    """The packets of the flows behind the API calls (or L4 flows) a KFL filter matches, within the window."""
+    from netrecall.query.kfl import compile_filter
+
+    # Snapshot tables have the live columns (plus `snapshot`), so the live catalogue compiles for them too.
+    compiled = compile_filter(text, table="api_calls")
     clash = set(compiled.params) & set(params)
     if clash:
         raise NetrecallError(f"--kfl: parameter names clash with the export filters: {sorted(clash)}")
     params.update(compiled.params)
+    source = f"snapshot_{compiled.table}" if snapshot else compiled.table
     scope = "snapshot = {x_snapshot:String} AND " if snapshot else ""
-    return (
-        f"flow_id IN (SELECT flow_id FROM {compiled.table} WHERE {scope}({compiled.where}) "
-        "AND ts >= fromUnixTimestamp64Nano({x_since:Int64}) "
-        "AND ts < fromUnixTimestamp64Nano({x_until:Int64}))"
-    )
+    since, until = "fromUnixTimestamp64Nano({x_since:Int64})", "fromUnixTimestamp64Nano({x_until:Int64})"
+    if compiled.table == "flows":  # an L4-only filter (conn/flow flags) is answered by the flows table
+        window = f"last_ts >= {since} AND first_ts < {until}"
+    else:
+        window = f"ts >= {since} AND ts < {until}"
+    return f"flow_id IN (SELECT flow_id FROM {source} WHERE {scope}({compiled.where}) AND {window})"

@@ -294,14 +294,46 @@ def readonly_settings(
     }
 
 
-def run_readonly(store: Store, sql: str, max_rows: int = 10000, max_seconds: int = 30) -> dict:
+SNAPSHOT_TABLES = ("packets", "flows", "api_calls", "workloads")
+
+
+def snapshot_sql(store: Store, sql: str, snapshot: str) -> tuple[str, dict[str, Any]]:
+    """Rewrite a checked SELECT so each netrecall table it names reads the snapshot's copy instead:
+    `api_calls` becomes `(SELECT * EXCEPT snapshot FROM snapshot_api_calls WHERE snapshot = {snapshot})`."""
+    statement = check_readonly(sql)
+    with _quiet_sqlglot():
+        tree = sqlglot.parse_one(statement, read="clickhouse")
+    if not isinstance(tree, exp.Select | exp.SetOperation):
+        raise NetrecallError("--snapshot applies to SELECT statements only")
+    copies = {t for t in SNAPSHOT_TABLES if store.scalar(f"EXISTS TABLE snapshot_{t}")}
+    for table in list(tree.find_all(exp.Table)):
+        if table.db or table.name not in copies or not isinstance(table.this, exp.Identifier):
+            continue
+        inner = sqlglot.parse_one(
+            f"SELECT * EXCEPT (snapshot) FROM snapshot_{table.name} WHERE snapshot = {{snapshot:String}}",
+            read="clickhouse",
+        )
+        alias = table.alias or table.name
+        table.replace(exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias))))
+    return tree.sql(dialect="clickhouse"), {"snapshot": snapshot}
+
+
+def run_readonly(
+    store: Store, sql: str, max_rows: int = 10000, max_seconds: int = 30, snapshot: str | None = None
+) -> dict:
     """Run a checked read-only statement: {"columns", "rows", "truncated"} with at most max_rows rows.
 
     `result_overflow_mode='break'` stops at a block boundary past the limit, so the rows are cut here too.
+    With `snapshot`, the netrecall tables it names read that snapshot's copies.
     """
     statement = check_readonly(sql)
+    params: dict[str, Any] = {}
+    if snapshot is not None:
+        statement, params = snapshot_sql(store, statement, snapshot)
     with clickhouse_errors():
-        result = store.client.query(statement, settings=readonly_settings(max_rows, max_seconds))
+        result = store.client.query(
+            statement, parameters=params, settings=readonly_settings(max_rows, max_seconds)
+        )
     rows = [list(r) for r in result.result_rows]
     truncated = len(rows) > max_rows
     return {"columns": list(result.column_names), "rows": rows[:max_rows], "truncated": truncated}

@@ -1,0 +1,239 @@
+"""`netrecall query 'KFL'`, `netrecall call ID`, `netrecall sql '...'` and `netrecall workloads`.
+
+Each runs against the store (`--store`) or through a running hub (`--url`). `query` prints a terminal
+table (time, proto, src, dst, method, path/qname, status, latency) or, for machines, DESIGN §5's records:
+`--format json` is the `{"calls", "total", "truncated"}` envelope, `jsonl` one call per line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from netrecall.cli.common import (
+    FormatOption,
+    HubOption,
+    OutputFormat,
+    StoreOption,
+    emit,
+    open_cli_store,
+    plain,
+)
+from netrecall.errors import NetrecallError
+from netrecall.timeutil import parse_time_ns
+
+SinceOption = Annotated[str | None, typer.Option("--since", help="Start: RFC 3339 or relative (-30m)")]
+UntilOption = Annotated[str | None, typer.Option("--until", help="End: RFC 3339 or relative (-5m)")]
+SnapshotOption = Annotated[
+    str | None, typer.Option("--snapshot", help="Read a snapshot instead of live data")
+]
+
+TABLE_COLUMNS = ["time", "proto", "src", "dst", "method", "path", "status", "latency_ms", "id"]
+
+
+def _hub(url: str) -> Any:
+    try:
+        from netrecall.hub.client import HubClient
+    except ImportError:
+        raise NetrecallError("hub client not available in this installation: use --store") from None
+    return HubClient(url)
+
+
+def _end_text(end: dict[str, Any]) -> str:
+    who = f"{end['ns']}/{end['pod']}" if end.get("pod") else (end.get("svc") or end.get("ip", ""))
+    if ":" in who:  # an IPv6 address: bracket it so the port stays readable
+        who = f"[{who}]"
+    return f"{who}:{end['port']}" if end.get("port") else who
+
+
+def table_rows(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Compact calls flattened for a terminal: one short line each."""
+    rows = []
+    for call in calls:
+        dns = call.get("dns")
+        rows.append(
+            {
+                "time": call["ts"].replace("T", " ")[:23],
+                "proto": call["proto"],
+                "src": _end_text(call["src"]),
+                "dst": _end_text(call["dst"]),
+                "method": call["method"] or (dns["qtype"] if dns else ""),
+                "path": dns["qname"] if dns else call["path"],
+                "status": call["status"],
+                "latency_ms": call["latency_ms"],
+                "id": call["id"],
+            }
+        )
+    return rows
+
+
+COLUMN_CAPS = {"src": 40, "dst": 40, "path": 48, "id": 40}
+
+
+def print_calls_table(rows: list[dict[str, Any]]) -> None:
+    """Fixed-width columns, one call per line, long cells cut with an ellipsis: readable in a terminal and
+    in a pipe alike (no wrapping into multi-line cells)."""
+
+    def cell(row: dict[str, Any], column: str) -> str:
+        text = str(row[column])
+        cap = COLUMN_CAPS.get(column)
+        return text if cap is None or len(text) <= cap else text[: cap - 1] + "…"
+
+    cells = [[cell(r, c) for c in TABLE_COLUMNS] for r in rows]
+    widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(TABLE_COLUMNS)]
+    right = {"status", "latency_ms"}
+    for line in [TABLE_COLUMNS, *cells]:
+        parts = [
+            value.rjust(width) if name in right else value.ljust(width)
+            for name, value, width in zip(TABLE_COLUMNS, line, widths, strict=True)
+        ]
+        typer.echo("  ".join(parts).rstrip())
+
+
+def query_command(
+    kfl: Annotated[
+        str, typer.Argument(help="KFL filter, e.g. 'http && status_code >= 500' ('' for all)")
+    ] = "",
+    since: SinceOption = None,
+    until: UntilOption = None,
+    limit: Annotated[int, typer.Option("--limit", help="Most calls to return (newest first)")] = 100,
+    snapshot: SnapshotOption = None,
+    store: StoreOption = None,
+    url: HubOption = None,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """List API calls matching a KFL filter, newest first (default window: everything stored)."""
+    if url:
+        result = _hub(url).calls(kfl, since, until, limit, snapshot)
+    else:
+        from netrecall.query.calls import list_calls
+
+        result = list_calls(
+            open_cli_store(store),
+            kfl,
+            since_ns=parse_time_ns(since) if since else None,
+            until_ns=parse_time_ns(until) if until else None,
+            limit=limit,
+            snapshot=snapshot,
+        )
+    calls = result["calls"]
+    if fmt is OutputFormat.json:
+        json.dump(plain(result), sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    elif fmt is OutputFormat.jsonl:
+        emit(calls, fmt)
+    else:
+        if fmt is OutputFormat.table:
+            print_calls_table(table_rows(calls))
+        else:
+            emit(table_rows(calls), fmt, columns=TABLE_COLUMNS)
+        if fmt is OutputFormat.table:
+            more = (
+                f" (showing {len(calls)}; narrow the filter or raise --limit)" if result["truncated"] else ""
+            )
+            typer.echo(f"{result['total']} call(s){more}", err=True)
+
+
+def call_command(
+    call_id: Annotated[str, typer.Argument(help="Call id (from `netrecall query`)")],
+    payload: Annotated[bool, typer.Option("--payload", help="Include the stored bodies")] = False,
+    max_payload_size: Annotated[int, typer.Option("--max-payload-size", help="Bytes of each body")] = 4096,
+    snapshot: SnapshotOption = None,
+    store: StoreOption = None,
+    url: HubOption = None,
+    fmt: FormatOption = OutputFormat.json,
+) -> None:
+    """Show one call in full: headers, DNS details, flow id, packet time range (and bodies with --payload)."""
+    if url:
+        record = _hub(url).call(call_id, payload, max_payload_size, snapshot)
+    else:
+        from netrecall.query.calls import get_call
+
+        record = get_call(open_cli_store(store), call_id, payload, max_payload_size, snapshot)
+    if record is None:
+        raise NetrecallError(f"no call with id {call_id!r}")
+    if fmt in (OutputFormat.json, OutputFormat.jsonl):
+        typer.echo(
+            json.dumps(plain(record), ensure_ascii=False, indent=None if fmt is OutputFormat.jsonl else 2)
+        )
+        return
+    flat = [{"field": key, "value": value} for key, value in _flatten(plain(record))]
+    emit(flat, fmt, columns=["field", "value"])
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict) and value:
+        items: list[tuple[str, Any]] = []
+        for key, inner in value.items():
+            items += _flatten(inner, f"{prefix}.{key}" if prefix else str(key))
+        return items
+    return [(prefix, value)]
+
+
+def sql_command(
+    statement: Annotated[str, typer.Argument(help="SELECT / WITH / EXPLAIN / SHOW / DESCRIBE statement")],
+    max_rows: Annotated[int, typer.Option("--max-rows", help="Most rows to return")] = 10000,
+    snapshot: Annotated[
+        str | None, typer.Option("--snapshot", help="Read the snapshot's copies of packets/flows/api_calls")
+    ] = None,
+    store: StoreOption = None,
+    url: HubOption = None,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Run a read-only SQL statement (checked, then run with readonly=1 and result limits)."""
+    if url:
+        if snapshot is not None:
+            raise NetrecallError("--snapshot with --url: name the snapshot tables in the statement instead")
+        result = _hub(url).sql(statement, max_rows)
+    else:
+        from netrecall.query.sqlguard import run_readonly
+
+        result = run_readonly(open_cli_store(store), statement, max_rows=max_rows, snapshot=snapshot)
+    columns = list(result["columns"])
+    rows = [dict(zip(columns, row, strict=False)) for row in result["rows"]]
+    if fmt is OutputFormat.json:
+        json.dump(plain(result), sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return
+    emit(rows, fmt, columns=columns)
+    if result["truncated"] and fmt is OutputFormat.table:
+        typer.echo(f"(cut at {max_rows} rows)", err=True)
+
+
+def workloads_command(
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Only this namespace")] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Identities valid at this time (default: now)")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Most workloads to list")] = 200,
+    store: StoreOption = None,
+    url: HubOption = None,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """List the pods, services and nodes known by IP, as they were at a time (default: now)."""
+    if url:
+        result = _hub(url).workloads(namespace, at, limit)
+    else:
+        from netrecall.hub.service import Service
+
+        result = Service(open_cli_store(store), redact=False).workloads(namespace, at, limit)
+    items = result["workloads"]
+    if fmt is OutputFormat.json:
+        json.dump(plain(result), sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return
+    emit(
+        items,
+        fmt,
+        columns=["kind", "namespace", "name", "ip", "node", "owner", "services", "labels", "valid_from"],
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("query")(query_command)
+    app.command("call")(call_command)
+    app.command("sql")(sql_command)
+    app.command("workloads")(workloads_command)
