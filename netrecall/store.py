@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -201,23 +202,55 @@ def _open_chdb(address: StoreURL) -> Any:
 
     Path(address.path).mkdir(parents=True, exist_ok=True)
     try:
-        client = clickhouse_connect.get_client(dsn=f"chdb://{address.path}", database="default")
+        with _engine_stderr() as engine_said:
+            client = clickhouse_connect.get_client(dsn=f"chdb://{address.path}", database="default")
     except Exception as exc:
+        # the engine already printed its own multi-line refusal on fd 2: the user gets ours, one line
         raise NetrecallError(_explain_chdb_refusal(address.path, exc)) from None
+    if engine_said:
+        sys.stderr.write(engine_said[0])
     _write_owner(address.path)
     return client
+
+
+@contextmanager
+def _engine_stderr() -> Iterator[list[str]]:
+    """Hold back what the chDB engine writes straight to fd 2 while it starts (it bypasses sys.stderr)."""
+    said: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to hold back
+        yield said
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            if text:
+                said.append(text)
 
 
 def _write_owner(path: str) -> None:
     owner = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:200],
+        "command": " ".join([_program_name(), *sys.argv[1:]])[:200],
         "hub_url": os.environ.get("NETRECALL_HUB_URL", ""),
         "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     with suppress(OSError):  # the owner note is advice for other processes, never a reason to fail
         (Path(path) / OWNER_FILE).write_text(json.dumps(owner))
+
+
+def _program_name() -> str:
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    return "netrecall" if name in ("__main__.py", "netrecall") else name
 
 
 def _explain_chdb_refusal(path: str, exc: Exception) -> str:

@@ -1,0 +1,228 @@
+"""The rolling window: a TTL counted from when rows were stored, and a byte budget over the rolling tables.
+
+Both rules touch only ROLLING_TABLES (packets, flows, workloads, api_calls); snapshots, imports, exports
+and the metadata are exempt. The TTL is ClickHouse's own (`TTL stored_at + ...`, whole parts dropped
+thanks to `ttl_only_drop_parts = 1`); the budget is enforced here, by dropping the oldest `stored_at`
+hour partitions (the same hour in every rolling table) until the active parts fit. The hub and the agent
+call `apply_retention(store)` periodically; `netrecall retention` calls it once and shows the result.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from netrecall.errors import NetrecallError
+from netrecall.schema.migrate import current_ttl_seconds
+from netrecall.schema.tables import ROLLING_TABLES
+from netrecall.store import Store
+
+MIN_TTL_SECONDS = 60
+MAX_TTL_SECONDS = 10 * 366 * 86400
+_PARTITION_ID = re.compile(r"^\d+$")  # toStartOfHour(stored_at): the hour's epoch seconds
+
+
+@dataclass
+class TableUsage:
+    """What one table holds on disk (active parts only)."""
+
+    table: str
+    rows: int = 0
+    bytes_on_disk: int = 0
+    compressed_bytes: int = 0
+    uncompressed_bytes: int = 0
+    partitions: int = 0
+    oldest_stored: datetime | None = None
+    newest_stored: datetime | None = None
+
+    @property
+    def ratio(self) -> float:
+        """Uncompressed / compressed: how much the codecs save (0 when empty)."""
+        return self.uncompressed_bytes / self.compressed_bytes if self.compressed_bytes else 0.0
+
+
+@dataclass
+class RetentionReport:
+    ttl_seconds: int
+    max_bytes: int  # 0: no byte budget
+    used_bytes: int
+    tables: list[TableUsage]
+    dropped_hours: list[datetime] = field(default_factory=list)  # partitions dropped by this pass
+    over_budget: bool = False  # still above the budget after keeping only the newest hour
+
+    @property
+    def oldest_stored(self) -> datetime | None:
+        return min((t.oldest_stored for t in self.tables if t.oldest_stored), default=None)
+
+    @property
+    def newest_stored(self) -> datetime | None:
+        return max((t.newest_stored for t in self.tables if t.newest_stored), default=None)
+
+
+def ttl_expression(ttl_seconds: int) -> str:
+    """The TTL of every rolling table. Counted from stored_at, never from the packet's own time: an old
+    capture imported today must not expire on arrival (ClickHouse drops rows already expired on insert)."""
+    return f"stored_at + toIntervalSecond({int(ttl_seconds)})"
+
+
+def check_ttl(ttl_seconds: int) -> int:
+    if not isinstance(ttl_seconds, int) or isinstance(ttl_seconds, bool):
+        raise NetrecallError(f"invalid TTL {ttl_seconds!r}: expected whole seconds")
+    if not MIN_TTL_SECONDS <= ttl_seconds <= MAX_TTL_SECONDS:
+        raise NetrecallError(
+            f"invalid TTL {format_duration(ttl_seconds)}: "
+            f"it must be between 1m and {MAX_TTL_SECONDS // 86400}d"
+        )
+    return ttl_seconds
+
+
+def check_max_bytes(max_bytes: int) -> int:
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:
+        raise NetrecallError(
+            f"invalid byte budget {max_bytes!r}: expected a size such as 10GiB, or 0 for none"
+        )
+    return max_bytes
+
+
+def stored_max_bytes(store: Store) -> int:
+    """The byte budget last set with `netrecall retention --max-bytes` (0: none)."""
+    value = store.scalar("SELECT argMax(value, updated_at) FROM netrecall_meta WHERE key = 'max_bytes'")
+    return int(value) if value else 0
+
+
+def apply_retention(
+    store: Store, ttl_seconds: int | None = None, max_bytes: int | None = None
+) -> RetentionReport:
+    """Set the TTL and/or the byte budget when given (both are remembered), then enforce the budget.
+
+    Safe to call periodically with no arguments: it enforces the remembered budget and reports usage.
+    """
+    if ttl_seconds is not None:
+        check_ttl(ttl_seconds)
+    if max_bytes is not None:
+        check_max_bytes(max_bytes)
+    tables = _existing_rolling_tables(store)
+    if ttl_seconds is not None:
+        for table in tables:
+            store.command(f"ALTER TABLE {table} MODIFY TTL {ttl_expression(ttl_seconds)}")
+        _remember(store, "ttl_seconds", ttl_seconds)
+    if max_bytes is not None:
+        _remember(store, "max_bytes", max_bytes)
+    budget = stored_max_bytes(store) if max_bytes is None else max_bytes
+    dropped, over = _enforce_budget(store, tables, budget) if budget else ([], False)
+    usage = table_usage(store, tables)
+    return RetentionReport(
+        ttl_seconds=current_ttl_seconds(store),
+        max_bytes=budget,
+        used_bytes=sum(t.bytes_on_disk for t in usage),
+        tables=usage,
+        dropped_hours=dropped,
+        over_budget=over,
+    )
+
+
+def table_usage(store: Store, tables: list[str]) -> list[TableUsage]:
+    """Rows, bytes and stored-time range of each table, from the active parts (no table scan)."""
+    found = {
+        row["table"]: row
+        for row in store.dicts(
+            "SELECT table, sum(rows) AS rows, sum(bytes_on_disk) AS bytes_on_disk,"
+            " sum(data_compressed_bytes) AS compressed, sum(data_uncompressed_bytes) AS uncompressed,"
+            " uniqExact(partition_id) AS partitions,"
+            " toUnixTimestamp(min(min_time)) AS oldest, toUnixTimestamp(max(max_time)) AS newest"
+            " FROM system.parts WHERE database = currentDatabase() AND active AND table IN {t:Array(String)}"
+            " GROUP BY table",
+            {"t": tables},
+        )
+    }
+    usage = []
+    for table in tables:
+        row = found.get(table)
+        if row is None:
+            usage.append(TableUsage(table))
+            continue
+        usage.append(
+            TableUsage(
+                table=table,
+                rows=int(row["rows"]),
+                bytes_on_disk=int(row["bytes_on_disk"]),
+                compressed_bytes=int(row["compressed"]),
+                uncompressed_bytes=int(row["uncompressed"]),
+                partitions=int(row["partitions"]),
+                oldest_stored=_utc(row["oldest"]),
+                newest_stored=_utc(row["newest"]),
+            )
+        )
+    return usage
+
+
+def _enforce_budget(store: Store, tables: list[str], budget: int) -> tuple[list[datetime], bool]:
+    """Drop the oldest hours, in every rolling table at once, until the active parts fit the budget.
+
+    The newest hour is always kept: it is the one being written, and dropping it would fight the
+    writers; when that hour alone exceeds the budget the report says so (over_budget).
+    """
+    hours: dict[int, int] = {}
+    for partition_id, size in store.rows(
+        "SELECT partition_id, sum(bytes_on_disk) FROM system.parts"
+        " WHERE database = currentDatabase() AND active AND table IN {t:Array(String)} GROUP BY partition_id",
+        {"t": tables},
+    ):
+        if _PARTITION_ID.match(partition_id):
+            hours[int(partition_id)] = int(size)
+    used = sum(hours.values())
+    ordered = sorted(hours)
+    dropped: list[datetime] = []
+    while used > budget and len(ordered) > 1:
+        hour = ordered.pop(0)
+        for table in tables:
+            # DROP PARTITION of an absent partition is a no-op; the id is digits only (checked above)
+            store.command(f"ALTER TABLE {table} DROP PARTITION ID '{hour}'")
+        used -= hours[hour]
+        dropped.append(datetime.fromtimestamp(hour, tz=UTC))
+    return dropped, used > budget
+
+
+def _existing_rolling_tables(store: Store) -> list[str]:
+    present = {
+        row[0]
+        for row in store.rows(
+            "SELECT name FROM system.tables WHERE database = currentDatabase() AND name IN {t:Array(String)}",
+            {"t": ROLLING_TABLES},
+        )
+    }
+    return [t for t in ROLLING_TABLES if t in present]
+
+
+def _remember(store: Store, key: str, value: int) -> None:
+    store.command(
+        "INSERT INTO netrecall_meta (key, value) VALUES ({k:String}, {v:String})", {"k": key, "v": str(value)}
+    )
+
+
+def _utc(epoch: int | None) -> datetime | None:
+    """Epoch seconds (timezone-proof across servers) -> UTC; 0 means the part has no time key."""
+    return datetime.fromtimestamp(int(epoch), tz=UTC) if epoch else None
+
+
+def format_bytes(size: int) -> str:
+    """1536 -> '1.5 KiB' (binary units, as --max-bytes takes them)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def format_duration(seconds: int) -> str:
+    """259200 -> '72h', 5400 -> '1h30m', 45 -> '45s' (what --ttl accepts back)."""
+    if seconds <= 0:
+        return f"{seconds}s"
+    parts = []
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
