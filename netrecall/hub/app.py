@@ -368,20 +368,20 @@ def build_app(
         Route("/api/calls", calls),
         Route("/api/calls/{id}", call_one),
         Route("/api/calls/{id}/trace", trace),
-        Route("/api/sql", sql, methods=["POST"], max_body_size=MAX_BODY),
+        Route("/api/sql", sql, methods=["POST"]),
         Route("/api/workloads", workloads),
         Route("/api/ips", ips),
         Route("/api/flows", flows),
         Route("/api/stats", stats),
         Route("/api/errors", errors_route),
         Route("/api/dns/failures", dns_failures),
-        Route("/api/snapshots", snapshots, methods=["GET", "POST"], max_body_size=MAX_BODY),
+        Route("/api/snapshots", snapshots, methods=["GET", "POST"]),
         Route("/api/snapshots/{name}", snapshot_one, methods=["GET", "DELETE"]),
-        Route("/api/dissect", dissect, methods=["GET", "POST"], max_body_size=MAX_BODY),
+        Route("/api/dissect", dissect, methods=["GET", "POST"]),
         Route("/api/dissect/{job}", dissect_job),
-        Route("/api/export/pcap", export_pcap, methods=["POST"], max_body_size=MAX_BODY),
+        Route("/api/export/pcap", export_pcap, methods=["POST"]),
         Route("/api/exports/{name}", export_download),
-        Route("/api/ingest", ingest_route, methods=["POST"], max_body_size=MAX_INGEST_BODY),
+        Route("/api/ingest", ingest_route, methods=["POST"]),
     ]
     lifespan = None
     if mcp:
@@ -398,7 +398,12 @@ def build_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(MetricsMiddleware, metrics=metrics), Middleware(BearerAuth, token=token)],
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=metrics),
+            Middleware(BearerAuth, token=token),
+            Middleware(errors.BodyLimit, default=MAX_BODY, limits={"/api/ingest": MAX_INGEST_BODY},
+                       skip_prefixes=("/mcp",)),
+        ],
         exception_handlers=errors.HANDLERS,
         lifespan=lifespan,
     )

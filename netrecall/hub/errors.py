@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -74,3 +75,60 @@ HANDLERS = {
     HTTPException: http_error,
     Exception: unexpected_error,
 }
+
+
+class BodyLimit:
+    """ASGI middleware: a request body past its route's limit is answered 413 in the JSON error shape.
+
+    Checked on Content-Length first and again while streaming (a chunked body has no length).
+    """
+
+    def __init__(
+        self, app: Any, default: int, limits: dict[str, int], skip_prefixes: tuple[str, ...] = ()
+    ) -> None:
+        self.app = app
+        self.default = default
+        self.limits = limits
+        self.skip = skip_prefixes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.skip):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.get(scope["path"], self.default)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _too_large(scope, receive, send, limit)
+                return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _too_large(scope, receive, send, limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: Any, receive: Any, send: Any, limit: int) -> None:
+    response = error_response(413, "too_large", f"request body larger than {limit} bytes")
+    await response(scope, receive, send)
