@@ -32,6 +32,17 @@ HubOption = Annotated[
     str | None, typer.Option("--url", help="Work through a running `netrecall serve` hub instead of the store")
 ]
 FormatOption = Annotated[OutputFormat, typer.Option("--format", help="Output format")]
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="NETRECALL_TOKEN", help="Hub bearer token [env NETRECALL_TOKEN]"),
+]
+
+
+def hub_client(url: str, token: str | None = None):
+    """The client for a running hub (`--url`): same methods as the hub's Service over the store."""
+    from netrecall.hub.client import HubClient
+
+    return HubClient(url, token)
 
 
 def open_cli_store(store_url: str | None):

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from netrecall.cli.common import FormatOption, OutputFormat, StoreOption, emit, open_cli_store
+from netrecall.cli.common import (
+    FormatOption,
+    HubOption,
+    OutputFormat,
+    StoreOption,
+    TokenOption,
+    emit,
+    hub_client,
+    open_cli_store,
+)
 from netrecall.timeutil import format_time_ns, parse_size_bytes, parse_time_ns
 
 
@@ -27,9 +36,15 @@ def dissect_command(
         str, typer.Option("--body-limit", help="Bytes of each decoded body kept, e.g. 64KiB")
     ] = "64KiB",
     store_url: StoreOption = None,
+    url: HubOption = None,
+    token: TokenOption = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Dissect stored packets into API calls; run it again to continue where it stopped."""
+    if url:  # the hub dissects in the background; wait for its job and print what it reports
+        summary_dict = hub_client(url, token).dissect(since, until, node=node, snapshot=snapshot)
+        emit([summary_dict], fmt if fmt is not OutputFormat.table else OutputFormat.json)
+        return
     from netrecall.dissect.calls import DissectConfig
     from netrecall.dissect.runner import dissect
 

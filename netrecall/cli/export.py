@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from netrecall.cli.common import FormatOption, OutputFormat, StoreOption, emit, open_cli_store
+from netrecall.cli.common import (
+    FormatOption,
+    HubOption,
+    OutputFormat,
+    StoreOption,
+    TokenOption,
+    emit,
+    hub_client,
+    open_cli_store,
+)
 from netrecall.errors import NetrecallError
 
 # --format names the capture format here (DESIGN §6), so the summary's format moves to --output-format.
@@ -53,6 +62,8 @@ def export_pcap_command(
         bool, typer.Option("--annotate", help="pcapng: comment each packet with both workloads")
     ] = False,
     store_url: StoreOption = None,
+    url: HubOption = None,
+    token: TokenOption = None,
     fmt: SummaryFormatOption = OutputFormat.table,
 ) -> None:
     """Write the selected packets in timestamp order: original bytes, lengths and nanosecond timestamps."""
@@ -74,6 +85,16 @@ def export_pcap_command(
         kfl=kfl,
         snapshot=snapshot,
     )
+    if url:  # the hub writes the file (and its manifest) in its exports directory; stream it here
+        if namespace or proto or annotate:
+            raise NetrecallError("--namespace, --proto and --annotate need --store (not through --url)")
+        got = hub_client(url, token).download_pcap(
+            str(out), kfl=kfl, nodes=node, ips=ip, ports=[int(p) for p in port or []], pods=pod,
+            labels=label, since=since, until=until, snapshot=snapshot, fmt=capture_format,
+        )
+        emit([{"file": got["path"], "format": capture_format, "packets": got["packets"],
+               "bytes": got["bytes"], "sha256": got["sha256"]}], fmt)
+        return
     store = open_cli_store(store_url)
     try:
         result = export_pcap(store, out, filters, fmt=capture_format, annotate=annotate)

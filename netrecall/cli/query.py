@@ -18,7 +18,9 @@ from netrecall.cli.common import (
     HubOption,
     OutputFormat,
     StoreOption,
+    TokenOption,
     emit,
+    hub_client,
     open_cli_store,
     plain,
 )
@@ -34,12 +36,8 @@ SnapshotOption = Annotated[
 TABLE_COLUMNS = ["time", "proto", "src", "dst", "method", "path", "status", "latency_ms", "id"]
 
 
-def _hub(url: str) -> Any:
-    try:
-        from netrecall.hub.client import HubClient
-    except ImportError:
-        raise NetrecallError("hub client not available in this installation: use --store") from None
-    return HubClient(url)
+def _hub(url: str, token: str | None = None) -> Any:
+    return hub_client(url, token)
 
 
 def _end_text(end: dict[str, Any]) -> str:
@@ -103,11 +101,12 @@ def query_command(
     snapshot: SnapshotOption = None,
     store: StoreOption = None,
     url: HubOption = None,
+    token: TokenOption = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """List API calls matching a KFL filter, newest first (default window: everything stored)."""
     if url:
-        result = _hub(url).calls(kfl, since, until, limit, snapshot)
+        result = _hub(url, token).calls(kfl, since, until, limit, snapshot)
     else:
         from netrecall.query.calls import list_calls
 
@@ -144,15 +143,19 @@ def call_command(
     snapshot: SnapshotOption = None,
     store: StoreOption = None,
     url: HubOption = None,
+    token: TokenOption = None,
     fmt: FormatOption = OutputFormat.json,
 ) -> None:
     """Show one call in full: headers, DNS details, flow id, packet time range (and bodies with --payload)."""
     if url:
-        record = _hub(url).call(call_id, payload, max_payload_size, snapshot)
+        record = _hub(url, token).call(call_id, payload, max_payload_size, snapshot)
     else:
         from netrecall.query.calls import get_call
+        from netrecall.query.redact import maybe_redact
 
         record = get_call(open_cli_store(store), call_id, payload, max_payload_size, snapshot)
+        # Secrets are masked here as the hub masks them (NETRECALL_REDACT=0 shows them).
+        record = maybe_redact(record) if record is not None else None
     if record is None:
         raise NetrecallError(f"no call with id {call_id!r}")
     if fmt in (OutputFormat.json, OutputFormat.jsonl):
@@ -181,13 +184,14 @@ def sql_command(
     ] = None,
     store: StoreOption = None,
     url: HubOption = None,
+    token: TokenOption = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Run a read-only SQL statement (checked, then run with readonly=1 and result limits)."""
     if url:
         if snapshot is not None:
             raise NetrecallError("--snapshot with --url: name the snapshot tables in the statement instead")
-        result = _hub(url).sql(statement, max_rows)
+        result = _hub(url, token).sql(statement, max_rows)
     else:
         from netrecall.query.sqlguard import run_readonly
 
@@ -211,11 +215,12 @@ def workloads_command(
     limit: Annotated[int, typer.Option("--limit", help="Most workloads to list")] = 200,
     store: StoreOption = None,
     url: HubOption = None,
+    token: TokenOption = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """List the pods, services and nodes known by IP, as they were at a time (default: now)."""
     if url:
-        result = _hub(url).workloads(namespace, at, limit)
+        result = _hub(url, token).workloads(namespace, at, limit)
     else:
         from netrecall.hub.service import Service
 

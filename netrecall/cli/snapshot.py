@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from netrecall.cli.common import FormatOption, OutputFormat, StoreOption, emit, open_cli_store
+from netrecall.cli.common import (
+    FormatOption,
+    HubOption,
+    OutputFormat,
+    StoreOption,
+    TokenOption,
+    emit,
+    hub_client,
+    open_cli_store,
+)
 from netrecall.timeutil import format_time_ns
 
 snapshot_app = typer.Typer(help="Named snapshots: a window kept until deleted.", no_args_is_help=True)
@@ -27,12 +36,20 @@ def create_command(
     ] = False,
     note: Annotated[str, typer.Option("--note", help="Free text kept with the snapshot")] = "",
     store_url: StoreOption = None,
+    url: HubOption = None,
+    token: TokenOption = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Copy the window's packets, flows, workload history and API calls into snapshot NAME."""
     from netrecall.query.snapshots import check_name, create_snapshot, resolve_window
 
     check_name(name)
+    if url:
+        created = hub_client(url, token).create_snapshot(
+            name, last=last, since=since, until=until, nodes=node, note=note, partial=partial
+        )
+        emit([created], fmt)
+        return
     since_ns, until_ns = resolve_window(last, since, until)
     store = open_cli_store(store_url)
     try:
@@ -57,29 +74,45 @@ def create_command(
 
 
 @snapshot_app.command("list")
-def list_command(store_url: StoreOption = None, fmt: FormatOption = OutputFormat.table) -> None:
+def list_command(
+    store_url: StoreOption = None,
+    url: HubOption = None,
+    token: TokenOption = None,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
     """Every snapshot with its window and size."""
     from netrecall.query.snapshots import list_snapshots
 
-    store = open_cli_store(store_url)
-    try:
-        rows = list_snapshots(store)
-    finally:
-        store.close()
+    if url:
+        rows = hub_client(url, token).snapshots()["snapshots"]
+    else:
+        store = open_cli_store(store_url)
+        try:
+            rows = list_snapshots(store)
+        finally:
+            store.close()
     columns = ["name", "since", "until", "nodes", "packets", "bytes", "created_at", "created_by", "note"]
     emit(rows, fmt, columns=columns)
 
 
 @snapshot_app.command("delete")
-def delete_command(name: Annotated[str, typer.Argument()], store_url: StoreOption = None) -> None:
+def delete_command(
+    name: Annotated[str, typer.Argument()],
+    store_url: StoreOption = None,
+    url: HubOption = None,
+    token: TokenOption = None,
+) -> None:
     """Delete snapshot NAME and all its data."""
     from netrecall.query.snapshots import delete_snapshot
 
-    store = open_cli_store(store_url)
-    try:
-        delete_snapshot(store, name)
-    finally:
-        store.close()
+    if url:
+        hub_client(url, token).delete_snapshot(name)
+    else:
+        store = open_cli_store(store_url)
+        try:
+            delete_snapshot(store, name)
+        finally:
+            store.close()
     typer.echo(f"deleted snapshot {name}")
 
 

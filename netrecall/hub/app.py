@@ -278,6 +278,7 @@ def build_app(
             nodes=_strs(body, "nodes"),
             note=_str(body, "note") or "",
             created_by="hub",
+            partial=body.get("partial") is True,
         )
         return JSONResponse(created, status_code=201)
 

@@ -203,11 +203,20 @@ class HubClient:
         nodes: list[str] | None = None,
         note: str = "",
         created_by: str = "hub",
+        partial: bool = False,
     ):
         return self.request(
             "POST",
             "/api/snapshots",
-            body={"name": name, "last": last, "since": since, "until": until, "nodes": nodes, "note": note},
+            body={
+                "name": name,
+                "last": last,
+                "since": since,
+                "until": until,
+                "nodes": nodes,
+                "note": note,
+                "partial": partial or None,
+            },
         )
 
     def delete_snapshot(self, name: str) -> dict[str, Any]:
@@ -219,6 +228,25 @@ class HubClient:
         return self.request(
             "POST", "/api/dissect", body={"since": since, "until": until, "node": node, "snapshot": snapshot}
         )
+
+    def dissect(
+        self,
+        since: Any = None,
+        until: Any = None,
+        node: str | None = None,
+        snapshot: str | None = None,
+        poll: float = 0.5,
+    ) -> dict[str, Any]:
+        """Start dissection on the hub and wait: the job's summary, or its error as a NetrecallError."""
+        import time
+
+        job = self.start_dissect(since=since, until=until, node=node, snapshot=snapshot)
+        while job.get("state") == "running":
+            time.sleep(poll)
+            job = self.dissect_status(job["job"])
+        if job.get("state") != "done":
+            raise NetrecallError(f"hub: dissection failed: {job.get('error', 'unknown error')}")
+        return job.get("summary", {})
 
     def dissect_status(self, job: str | None = None) -> dict[str, Any]:
         if job:
@@ -260,7 +288,8 @@ class HubClient:
 
     def download_pcap(self, out_path: str, **filters: Any) -> dict[str, Any]:
         """Export on the hub and stream the file to `out_path` here."""
-        body = {**filters, "format": filters.pop("fmt", "pcap"), "download": True}
+        fmt = filters.pop("fmt", "pcap")
+        body = {**filters, "format": fmt, "download": True}
         with self.stream("POST", "/api/export/pcap", body) as response, open(out_path, "wb") as out:
             size = 0
             for chunk in response.iter_bytes():

@@ -208,6 +208,7 @@ def openapi_document() -> dict[str, Any]:
                         "until": {"type": "string"},
                         "nodes": _STRINGS,
                         "note": {"type": "string"},
+                        "partial": {"type": "boolean"},
                     },
                     ["name"],
                 ),

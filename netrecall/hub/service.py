@@ -107,6 +107,8 @@ def _summary_dict(summary: Any) -> dict[str, Any]:
         return {}
     if isinstance(summary, Mapping):
         return jsonable(dict(summary))
+    if hasattr(summary, "as_dict"):
+        return jsonable(summary.as_dict())
     if hasattr(summary, "__dataclass_fields__"):
         from dataclasses import asdict
 
@@ -348,6 +350,7 @@ class Service:
         nodes: list[str] | None = None,
         note: str = "",
         created_by: str = "hub",
+        partial: bool = False,
     ):
         from netrecall.query import snapshots
 
@@ -358,6 +361,7 @@ class Service:
             since_ns,
             until_ns,
             nodes=list(nodes or []),
+            allow_partial=partial,
             note=note or f"created through {created_by}",
         )
         answer = _as_dict(info)
