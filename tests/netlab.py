@@ -50,6 +50,7 @@ class NetLab:
     def up(self) -> NetLab:
         t = self.tag
         sh("ip", "netns", "add", self.node_ns)
+        self._quiet(self.node())
         sh(*self.node("ip", "link", "set", "lo", "up"))
         sh(*self.node("ip", "link", "add", f"nrbr{t}", "type", "bridge"))
         sh(*self.node("ip", "addr", "add", f"10.250.{self.subnet}.1/24", "dev", f"nrbr{t}"))
@@ -68,6 +69,7 @@ class NetLab:
         host_veth = f"veth{name}{t}"
         ip = f"10.250.{self.subnet}.{host_octet}"
         sh("ip", "netns", "add", netns)
+        self._quiet(["ip", "netns", "exec", netns])
         sh("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
         sh(*self.node("ip", "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns))
         sh(*self.node("ip", "link", "set", host_veth, "master", f"nrbr{t}"))
@@ -78,6 +80,13 @@ class NetLab:
         pod = Pod(name, netns, ip, host_veth)
         self.pods[name] = pod
         return pod
+
+    @staticmethod
+    def _quiet(prefix: list[str]) -> None:
+        """No IPv6: its router solicitations and DAD would be unprompted traffic at unpredictable times,
+        which tests comparing two captures started a moment apart cannot attribute."""
+        for key in ("all", "default"):
+            sh(*prefix, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
 
     def remove_pod(self, name: str) -> None:
         pod = self.pods.pop(name)
