@@ -439,19 +439,29 @@ def test_workload_rows_insert_into_store_and_replace_on_reload(store, tmp_path):
     assert rows[0]["valid_to"].year == 2262
 
 
-def test_enriched_table_inserts_into_packets(store):
+def test_enriched_tables_insert_into_packets_on_both_backends(any_store):
+    # Two chunks enriched before and after a change: their dictionaries differ, and one insert takes both.
     resolver = IdentityResolver()
     resolver.upsert_pod(pod("a-7d9c8b6f5-aaaaa", "10.0.0.5"), at(0))
     n = 1000
-    table = pa.table(
-        {
-            "ts": pa.array(np.arange(n, dtype=np.int64) + at(1), type=pa.timestamp("ns")),
-            "src_ip": pa.array([ip_bytes("10.0.0.5")] * n, type=pa.binary(16)),
-            "dst_ip": pa.array([ip_bytes("10.0.0.6")] * n, type=pa.binary(16)),
-            "ip_version": pa.array(np.full(n, 4, dtype=np.uint8)),
-        }
-    )
-    store.insert_arrow("packets", resolver.enrich(table))
-    assert store.rows(
-        "SELECT src_pod, src_workload, src_labels['app'], dst_pod, count() FROM packets GROUP BY ALL"
-    ) == [("a-7d9c8b6f5-aaaaa", "Deployment/a", "a", "", n)]
+
+    def chunk(offset_s: float) -> pa.Table:
+        return pa.table(
+            {
+                "ts": pa.array(np.arange(n) + at(offset_s), type=pa.timestamp("ns", tz="UTC")),
+                "src_ip": pa.array([ip_bytes("10.0.0.5")] * n, type=pa.binary(16)),
+                "dst_ip": pa.array([ip_bytes("10.0.0.6")] * n, type=pa.binary(16)),
+                "ip_version": pa.array(np.full(n, 4, dtype=np.uint8)),
+            }
+        )
+
+    first = resolver.enrich(chunk(1))
+    resolver.upsert_pod(pod("b-7d9c8b6f5-bbbbb", "10.0.0.6", ns="web"), at(2))
+    any_store.insert_arrow("packets", pa.concat_tables([first, resolver.enrich(chunk(3))]))
+    assert any_store.rows(
+        "SELECT src_pod, src_workload, src_labels['app'], dst_pod, dst_namespace, count() FROM packets "
+        "GROUP BY ALL ORDER BY dst_pod"
+    ) == [
+        ("a-7d9c8b6f5-aaaaa", "Deployment/a", "a", "", "", n),
+        ("a-7d9c8b6f5-aaaaa", "Deployment/a", "a", "b-7d9c8b6f5-bbbbb", "web", n),
+    ]

@@ -114,8 +114,8 @@ class _Index:
     seg_end_rank: np.ndarray  # index of the segment end in bounds
     seg_record: np.ndarray  # index into records (+1; 0 = none)
     records: list[Identity]
-    # per string field of an end: the dictionary code of each record (+ the empty one at 0), and the
-    # dictionary (distinct values)
+    # per string field of an end: the code of each record's value (+ the empty record at 0) in a small
+    # array of the distinct values
     dictionaries: dict[str, tuple[np.ndarray, pa.Array]]
     labels: pa.Array  # one map per record (+ the empty one at 0)
 
@@ -507,10 +507,9 @@ class IdentityResolver:
     def enrich(self, table: pa.Table) -> pa.Table:
         """`table` plus src_/dst_ pod, namespace, service, workload, node, labels for its ts/src_ip/dst_ip.
 
-        `ts` is a timestamp (ns) column, the IPs fixed_size_binary(16) (IPv4 v4-mapped). The string
-        columns come back dictionary-encoded (the identities are the dictionary: no per-row string
-        copies; ClickHouse reads them into LowCardinality(String) directly); labels come as
-        map<string, string>. Columns already present are replaced.
+        `ts` is a timestamp (ns) column, the IPs fixed_size_binary(16) (IPv4 v4-mapped). The new columns
+        are strings and map<string, string> (empty, never null, for an unknown end); columns already
+        present are replaced.
         """
         index = self._compiled()
         ts = _int64_column(table.column("ts"))
@@ -523,8 +522,11 @@ class IdentityResolver:
                 if field_name == "labels":
                     values = index.labels.take(records)
                 else:
+                    # Plain strings, not a DictionaryArray: chunks enriched before and after a change
+                    # would carry different dictionaries, which Arrow's IPC file format (the HTTP
+                    # insert) refuses.
                     codes, dictionary = index.dictionaries[field_name]
-                    values = pa.DictionaryArray.from_arrays(codes[records], dictionary)
+                    values = dictionary.take(codes[records])
                 position = out.schema.get_field_index(column)
                 if position >= 0:
                     out = out.set_column(position, column, values)
