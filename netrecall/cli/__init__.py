@@ -18,7 +18,9 @@ app = typer.Typer(
 )
 
 # Each module has `register(app)`; the order is the order of `netrecall --help`.
-_COMMAND_MODULES = ["schema", "storeinfo", "retention", "imports", "dissect", "export", "snapshot", "agent", "serve"]
+_COMMAND_MODULES = [
+    "schema", "storeinfo", "retention", "imports", "dissect", "export", "snapshot", "agent", "serve", "query",
+]
 
 
 def _register_commands() -> None:

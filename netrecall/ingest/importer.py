@@ -1,0 +1,382 @@
+"""Import capture files into the store: read in chunks, decode, enrich, insert; once per file content.
+
+The file's identity is the sha256 of its bytes (the `source` of every row and the key of `imports`).
+Idempotency rule: a file whose sha256 is already in `imports` (a completed import) is skipped, so
+importing it again neither duplicates nor loses anything. The `imports` row is written only after every
+packet of the file is in; a file with packets in the store but no `imports` row was interrupted, so
+its partial rows are removed first (and the flows they fed are rebuilt from the remaining packets),
+then it is imported again in full.
+
+Decoding (numpy, in this thread) overlaps the insert (a worker thread: chDB's insert runs in C++ and
+releases the GIL), with at most a few batches in flight so memory stays bounded whatever the file size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from netrecall.errors import NetrecallError
+from netrecall.ingest.capture_file import CaptureReader, Damage
+from netrecall.ingest.decode import KNOWN_LINK_TYPES, decode_frames
+from netrecall.schema.tables import FLOWS, FLOWS_MV_SELECT
+from netrecall.store import Store
+
+BATCH_ROWS = 200_000  # rows per insert: fewer, larger parts merge less and compress better
+BATCH_BYTES = 96 << 20  # ... unless the frames are large
+INSERT_SETTINGS = {
+    # Block deduplication would silently drop a re-import of rows removed after an interrupted import:
+    # idempotency is handled here, by the file's sha256.
+    "insert_deduplicate": 0,
+}
+HASH_BLOCK = 8 << 20
+
+
+class Resolver(Protocol):
+    """What the importer needs from netrecall.agent.identity.IdentityResolver."""
+
+    def enrich(self, table: pa.Table) -> pa.Table: ...
+
+    def workload_rows(self) -> pa.Table: ...
+
+
+@dataclass
+class FileSummary:
+    path: str
+    source: str = ""
+    format: str = ""
+    status: str = "imported"  # imported | already imported | failed
+    packets: int = 0
+    bytes: int = 0  # captured frame bytes stored
+    flows: int = 0
+    skipped: int = 0  # records lost to damage
+    undecoded: int = 0  # frames of an unknown link type, stored raw
+    removed_partial: int = 0  # rows of an earlier interrupted import of this file, removed first
+    seconds: float = 0.0
+    error: str = ""
+    damage: list[Damage] = field(default_factory=list)
+    first_ts: int = 0
+    last_ts: int = 0
+
+
+@dataclass
+class ImportSummary:
+    files: list[FileSummary] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def packets(self) -> int:
+        return sum(f.packets for f in self.files)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+    @property
+    def flows(self) -> int:
+        return sum(f.flows for f in self.files)
+
+    @property
+    def skipped(self) -> int:
+        return sum(f.skipped for f in self.files)
+
+    @property
+    def failed(self) -> list[FileSummary]:
+        return [f for f in self.files if f.status == "failed"]
+
+    @property
+    def rate(self) -> float:
+        return self.packets / self.seconds if self.seconds > 0 else 0.0
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(HASH_BLOCK):
+                digest.update(block)
+    except OSError as exc:
+        raise NetrecallError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
+def import_files(
+    store: Store,
+    paths: Iterable[str | Path],
+    node: str = "",
+    resolver: Resolver | None = None,
+    progress: bool = False,
+    errors: str = "raise",
+) -> ImportSummary:
+    """Import every file in order.
+
+    errors='raise' stops at the first unreadable file; 'collect' records it in the summary and goes on.
+    """
+    started = time.perf_counter()
+    summary = ImportSummary()
+    if resolver is not None:
+        workloads = resolver.workload_rows()
+        if workloads.num_rows:
+            store.insert_arrow("workloads", workloads)
+    for path in paths:
+        try:
+            result = import_file(store, Path(path), node=node, resolver=resolver, progress=progress)
+        except NetrecallError as exc:
+            if errors == "raise":
+                raise
+            result = FileSummary(str(path), status="failed", error=str(exc))
+        summary.files.append(result)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def import_file(
+    store: Store, path: Path, node: str = "", resolver: Resolver | None = None, progress: bool = False
+) -> FileSummary:
+    """Import one file (see the module docstring for the idempotency rule)."""
+    started = time.perf_counter()
+    result = FileSummary(str(path))
+    if path.is_dir():
+        raise NetrecallError(f"{path}: is a directory, not a capture file")
+    result.source = file_sha256(path)
+    params = {"s": result.source}
+    recorded = store.rows(
+        "SELECT argMax(packets, imported_at) FROM imports WHERE source = {s:String} GROUP BY source", params
+    )
+    stored = int(store.scalar("SELECT count() FROM packets WHERE source = {s:String}", params) or 0)
+    if recorded and recorded[0][0] == stored:
+        result.status = "already imported"
+        result.seconds = time.perf_counter() - started
+        return result
+    # Interrupted before its `imports` row, or partly expired by retention since: start again cleanly.
+    if stored:
+        result.removed_partial = remove_partial_import(store, result.source)
+
+    reader = CaptureReader(path)
+    size = path.stat().st_size
+    with _Progress(progress and size > 8 << 20, path.name, size) as advance, _Inserter(store) as inserter:
+        first, last = None, None
+        for chunk in reader.chunks():
+            table = decode_frames(chunk, node=node, source=result.source)
+            if resolver is not None:
+                table = resolver.enrich(table)
+            inserter.put(table)
+            result.packets += len(chunk)
+            result.bytes += int(chunk.offsets[-1] - chunk.offsets[0])
+            result.undecoded += int(np.count_nonzero(~np.isin(chunk.link_type, list(KNOWN_LINK_TYPES))))
+            low, high = int(chunk.ts_ns.min()), int(chunk.ts_ns.max())
+            first = low if first is None else min(first, low)
+            last = high if last is None else max(last, high)
+            advance(reader.raw_position)
+    result.format = reader.format
+    result.damage = list(reader.damage)
+    result.skipped = reader.skipped
+    result.first_ts, result.last_ts = first or 0, last or 0
+    if result.packets == 0 and reader.damage:
+        bad = reader.damage[0]
+        raise NetrecallError(f"{reader.where(bad.offset)}: {bad.reason}; no packet could be read")
+    result.flows = int(
+        store.scalar(
+            "SELECT uniqExact(flow_id) FROM packets WHERE source = {s:String} AND ip_version != 0",
+            {"s": result.source},
+        )
+        or 0
+    )
+    _record_import(store, result, node, path)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _record_import(store: Store, result: FileSummary, node: str, path: Path) -> None:
+    row = pa.table(
+        {
+            "source": [result.source],
+            "file_name": [str(path.resolve())],
+            "node": [node],
+            "packets": pa.array([result.packets], pa.uint64()),
+            "bytes": pa.array([result.bytes], pa.uint64()),
+            "skipped": pa.array([result.skipped], pa.uint64()),
+            "first_ts": pa.array([result.first_ts], pa.timestamp("ns", tz="UTC")),
+            "last_ts": pa.array([result.last_ts], pa.timestamp("ns", tz="UTC")),
+        }
+    )
+    store.insert_arrow("imports", row, settings=INSERT_SETTINGS)
+
+
+def remove_partial_import(store: Store, source: str) -> int:
+    """Delete the rows of an interrupted import of `source` and rebuild the flows they contributed to."""
+    params = {"s": source}
+    count = int(store.scalar("SELECT count() FROM packets WHERE source = {s:String}", params) or 0)
+    if not count:
+        return 0
+    keys = f"_import_cleanup_{source[:16]}"
+    store.command(f"DROP TABLE IF EXISTS {keys}")
+    store.command(
+        f"CREATE TABLE {keys} ENGINE = Memory AS SELECT DISTINCT toStartOfMinute(ts) AS w, node, flow_id "
+        "FROM packets WHERE source = {s:String} AND ip_version != 0",
+        params,
+    )
+    try:
+        in_keys = f"(SELECT w, node, flow_id FROM {keys})"
+        sync = {"mutations_sync": 2}
+        store.command(
+            f"ALTER TABLE flows DELETE WHERE (window_start, node, flow_id) IN {in_keys}", settings=sync
+        )
+        store.command("ALTER TABLE packets DELETE WHERE source = {s:String}", params, settings=sync)
+        # Re-aggregate the surviving packets of those flows with the materialized view's own SELECT.
+        others = f"(SELECT * FROM packets WHERE (toStartOfMinute(ts), node, flow_id) IN {in_keys})"
+        columns = ", ".join(f"`{c}`" for c in FLOWS.column_names if c != "stored_at")
+        store.command(
+            f"INSERT INTO flows ({columns}) SELECT {columns} FROM ({FLOWS_MV_SELECT.format(packets=others)})",
+            settings=INSERT_SETTINGS,
+        )
+    finally:
+        store.command(f"DROP TABLE IF EXISTS {keys}")
+    return count
+
+
+class _Inserter:
+    """Batches decoded tables and inserts them from a worker thread, a bounded number in flight."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.pending_bytes = 0
+        self.queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="netrecall-insert", daemon=True)
+
+    def __enter__(self) -> _Inserter:
+        self.thread.start()
+        return self
+
+    def put(self, table: pa.Table) -> None:
+        self._check()
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        self.pending_bytes += table.nbytes
+        if self.pending_rows >= BATCH_ROWS or self.pending_bytes >= BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        batch = pa.concat_tables(self.pending) if len(self.pending) > 1 else self.pending[0]
+        self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
+        while True:  # wait for room, but notice a failed worker instead of blocking forever
+            self._check()
+            try:
+                self.queue.put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _check(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            if isinstance(error, NetrecallError):
+                raise error
+            raise NetrecallError(f"insert failed: {type(error).__name__}: {error}")
+
+    def _run(self) -> None:
+        while True:
+            batch = self.queue.get()
+            if batch is None:
+                return
+            if self.error is not None:
+                continue  # drain after a failure so the producer never blocks
+            try:
+                self.store.insert_arrow("packets", batch, settings=INSERT_SETTINGS)
+            except BaseException as exc:  # handed to the producer thread
+                self.error = exc
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self._flush()
+        finally:
+            self.pending = []
+            self.queue.put(None)
+            self.thread.join()
+        if exc_type is None:
+            self._check()
+
+
+class _Progress:
+    """A rich progress bar over the file's bytes, or nothing for small files."""
+
+    def __init__(self, enabled: bool, name: str, total: int) -> None:
+        self.enabled = enabled
+        self.name = name
+        self.total = total
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda _done: None
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.bar = Progress(
+            "[bold]importing[/] {task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task(self.name, total=self.total)
+        return lambda done: self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def describe(summary: ImportSummary | FileSummary, seconds: float | None = None) -> str:
+    """One line: packets, bytes, flows, skipped, rate."""
+    elapsed = summary.seconds if seconds is None else seconds
+    rate = summary.packets / elapsed if elapsed > 0 else 0.0
+    return (
+        f"{summary.packets:,} packets, {_size(summary.bytes)}, {summary.flows:,} flows, "
+        f"{summary.skipped:,} skipped, {elapsed:.2f} s ({rate:,.0f} packets/s)"
+    )
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def import_paths_sorted(paths: Sequence[str | Path]) -> list[Path]:
+    """The files in the given order, each once (the same path named twice is imported once)."""
+    seen: set[Path] = set()
+    ordered = []
+    for raw in paths:
+        path = Path(raw)
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            ordered.append(path)
+    return ordered

@@ -1,0 +1,212 @@
+"""`import_files` against tshark on real captures: every frame's bytes, lengths, ns timestamp and 5-tuple."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from netrecall.ingest.capture_file import CaptureReader
+from netrecall.ingest.importer import import_files
+from tests.conftest import CAPTURES, DPKT_EXAMPLES, require_tool
+from tests.import_reference import stored_frames, tshark_frames
+
+REAL_CAPTURES = sorted(DPKT_EXAMPLES.glob("*.pcap")) + sorted(CAPTURES.glob("*.pcap*"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tshark() -> None:
+    require_tool("tshark")
+
+
+def test_captures_are_there() -> None:
+    names = {p.name for p in REAL_CAPTURES}
+    assert {
+        "http.pcap",
+        "lo-http.pcap",
+        "lo-http.pcapng",
+        "lo-http-ns.pcap",
+        "any-sll.pcap",
+        "any-sll2.pcap",
+        "lo-ipv6.pcap",
+        "vlan-frag.pcap",
+        "multi-if.pcapng",
+    } <= names
+
+
+@pytest.mark.parametrize("path", REAL_CAPTURES, ids=lambda p: p.name)
+def test_import_matches_tshark(store, path: Path) -> None:
+    expected = tshark_frames(path)
+    summary = import_files(store, [path], node="node-1")
+    assert summary.packets == len(expected)
+    stored = stored_frames(store)
+    assert sorted(stored) == sorted(expected)
+    # every row carries the file's sha256 and the node; flows were filled by the view
+    assert store.rows("SELECT DISTINCT source, node FROM packets") == [(summary.files[0].source, "node-1")]
+    if any(frame[4] for frame in expected):
+        assert store.scalar("SELECT count() FROM flows") > 0
+        assert summary.flows == store.scalar("SELECT uniqExact(flow_id) FROM packets WHERE ip_version != 0")
+
+
+def test_vlan_tags_and_fragments(store) -> None:
+    import_files(store, [CAPTURES / "vlan-frag.pcap"])
+    vlans = store.rows(
+        "SELECT vlan, ip_version, l4, src_port, dst_port FROM packets WHERE vlan != 0 ORDER BY vlan"
+    )
+    # 802.1Q 10 (IPv4/UDP), 802.1ad 20 over 802.1Q 30 (IPv4/TCP), 802.1Q 40 with priority bits (IPv6/UDP)
+    assert vlans == [(10, 4, 17, 40000, 5353), (20, 4, 6, 40001, 80), (40, 6, 17, 40002, 53)]
+    frags = store.rows(
+        "SELECT ip_version, src_port, count() FROM packets WHERE ip_frag = 1 AND l4 = 17 "
+        "GROUP BY ip_version, src_port ORDER BY ip_version, src_port"
+    )
+    # per family: two datagrams of three fragments; only the first fragment of each carries ports
+    assert [(v, n) for v, port, n in frags if port == 0] == [(4, 4), (6, 4)]
+    assert [(v, n) for v, port, n in frags if port != 0] == [(4, 2), (6, 2)]
+    # MLD reports sit behind a hop-by-hop options header: the walk still finds ICMPv6
+    assert (
+        store.scalar("SELECT count() FROM packets WHERE ip_version = 6 AND l4 = 58 AND payload_len > 0") > 0
+    )
+
+
+def test_payload_offsets_point_at_the_l4_payload(store) -> None:
+    import_files(store, [CAPTURES / "lo-http.pcap"])
+    rows = store.rows(
+        "SELECT substring(data, payload_offset + 1, payload_len) FROM packets WHERE payload_len > 0 "
+        "AND dst_port = 18080",
+        column_formats={"substring(data, plus(payload_offset, 1), payload_len)": "bytes"},
+    )
+    assert rows and all(bytes(r[0]).startswith(b"GET /record.py HTTP/1.1") for r in rows)
+
+
+def test_pcapng_directions_and_interfaces(store) -> None:
+    import_files(store, [CAPTURES / "multi-if.pcapng"])
+    rows = dict(store.rows("SELECT iface, groupUniqArray(link_type) FROM packets GROUP BY iface"))
+    assert rows == {"any": [113], "nr-vb": [1]}
+    # Linux cooked headers say which way a packet went
+    directions = {r[0] for r in store.rows("SELECT DISTINCT direction FROM packets WHERE iface = 'any'")}
+    assert directions == {"in", "out"}
+
+
+@pytest.mark.parametrize("name", ["lo-http.pcap", "multi-if.pcapng"])
+def test_gzip_detected_by_content(store, tmp_path: Path, name: str) -> None:
+    source = CAPTURES / name
+    packed = tmp_path / "capture.bin"  # no .gz suffix: detected by its magic
+    packed.write_bytes(gzip.compress(source.read_bytes()))
+    import_files(store, [packed])
+    assert sorted(stored_frames(store)) == sorted(tshark_frames(source))
+
+
+def _to_big_endian_pcap(source: Path, target: Path) -> None:
+    data = source.read_bytes()
+    out = bytearray(struct.pack(">IHHiIII", *struct.unpack_from("<IHHiIII", data, 0)))
+    pos = 24
+    while pos < len(data):
+        sec, frac, caplen, origlen = struct.unpack_from("<IIII", data, pos)
+        out += struct.pack(">IIII", sec, frac, caplen, origlen) + data[pos + 16 : pos + 16 + caplen]
+        pos += 16 + caplen
+    target.write_bytes(bytes(out))
+
+
+@pytest.mark.parametrize("name", ["lo-http.pcap", "lo-http-ns.pcap"])
+def test_big_endian_pcap(store, tmp_path: Path, name: str) -> None:
+    target = tmp_path / "be.pcap"
+    _to_big_endian_pcap(CAPTURES / name, target)
+    assert target.read_bytes()[:4] in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d")
+    expected = tshark_frames(target)
+    assert expected == tshark_frames(CAPTURES / name)
+    import_files(store, [target])
+    assert sorted(stored_frames(store)) == sorted(expected)
+
+
+def test_pcapng_microsecond_resolution(store, tmp_path: Path) -> None:
+    """editcap writes pcapng with if_tsresol 6 (µs), unlike dumpcap's ns."""
+    target = tmp_path / "us.pcapng"
+    subprocess.run(
+        [require_tool("editcap"), "-F", "pcapng", str(CAPTURES / "lo-http.pcap"), str(target)], check=True
+    )
+    expected = tshark_frames(target)
+    import_files(store, [target])
+    assert sorted(stored_frames(store)) == sorted(expected)
+
+
+def test_small_chunks_give_the_same_frames(tmp_path: Path) -> None:
+    """Records straddling chunk boundaries are read whole whatever the chunk size."""
+    for name in ("lo-http.pcap", "lo-http.pcapng", "multi-if.pcapng"):
+        whole = [c for c in CaptureReader(CAPTURES / name).chunks()]
+        small = [c for c in CaptureReader(CAPTURES / name, chunk_bytes=1000).chunks()]
+        assert len(small) > len(whole)
+        frames_whole = [c.frame(i) for c in whole for i in range(len(c))]
+        frames_small = [c.frame(i) for c in small for i in range(len(c))]
+        assert frames_small == frames_whole
+        assert [t for c in small for t in c.ts_ns.tolist()] == [t for c in whole for t in c.ts_ns.tolist()]
+
+
+def test_double_import_is_skipped(store) -> None:
+    path = CAPTURES / "lo-http.pcap"
+    first = import_files(store, [path])
+    flows_before = store.rows(
+        "SELECT flow_id, sum(packets_ab), sum(packets_ba) FROM flows GROUP BY flow_id ORDER BY 1"
+    )
+    second = import_files(store, [path])
+    assert second.files[0].status == "already imported"
+    assert store.scalar("SELECT count() FROM packets") == first.packets
+    assert store.scalar("SELECT count() FROM imports") == 1
+    flows_after = store.rows(
+        "SELECT flow_id, sum(packets_ab), sum(packets_ba) FROM flows GROUP BY flow_id ORDER BY 1"
+    )
+    assert flows_after == flows_before
+
+
+def test_same_content_under_another_name_is_skipped(store, tmp_path: Path) -> None:
+    copy = tmp_path / "renamed.cap"
+    shutil.copy(CAPTURES / "lo-http.pcap", copy)
+    summary = import_files(store, [CAPTURES / "lo-http.pcap", copy])
+    assert [f.status for f in summary.files] == ["imported", "already imported"]
+    assert store.scalar("SELECT count() FROM packets") == summary.files[0].packets
+
+
+_FLOW_TOTALS = (
+    "SELECT flow_id, sum(packets_ab), sum(packets_ba), sum(bytes_ab), sum(bytes_ba), "
+    "groupBitOr(tcp_flags_ab), max(syn_from) FROM flows GROUP BY flow_id ORDER BY flow_id"
+)
+
+
+def test_interrupted_import_is_replaced(store, chdb_path: Path) -> None:
+    """Rows left by an interrupted import are removed (and their flows rebuilt) before importing again."""
+    from netrecall.ingest.decode import decode_frames
+    from netrecall.ingest.importer import INSERT_SETTINGS, file_sha256
+    from netrecall.schema.migrate import ensure_schema
+    from netrecall.store import open_store
+
+    path = CAPTURES / "lo-http.pcap"
+    other = DPKT_EXAMPLES / "http.pcap"
+    import_files(store, [other])  # an unrelated import whose flows must survive the clean-up
+    chunk = next(CaptureReader(path, chunk_bytes=3000).chunks())
+    store.insert_arrow("packets", decode_frames(chunk, source=file_sha256(path)), settings=INSERT_SETTINGS)
+
+    summary = import_files(store, [path])
+    assert summary.files[0].removed_partial == len(chunk) > 0
+    assert sorted(stored_frames(store)) == sorted(tshark_frames(path) + tshark_frames(other))
+    assert store.scalar("SELECT count() FROM imports") == 2
+
+    clean = open_store(f"chdb://{chdb_path}?database={store.database}_clean")
+    try:
+        ensure_schema(clean)
+        import_files(clean, [other, path])
+        assert store.rows(_FLOW_TOTALS) == clean.rows(_FLOW_TOTALS)
+    finally:
+        clean.command(f"DROP DATABASE IF EXISTS {clean.database}")
+
+
+def test_partly_expired_import_is_imported_again(store) -> None:
+    """When retention dropped some of a file's packets, importing it again restores it exactly once."""
+    path = CAPTURES / "lo-http.pcap"
+    first = import_files(store, [path])
+    store.command("ALTER TABLE packets DELETE WHERE src_port = 18080 SETTINGS mutations_sync = 2")
+    again = import_files(store, [path])
+    assert again.files[0].status == "imported"
+    assert store.scalar("SELECT count() FROM packets") == first.packets
