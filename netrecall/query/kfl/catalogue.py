@@ -21,6 +21,9 @@ class Field:
     doc: str
     ip_column: str = ""  # for src.ip/dst.ip: the IPv6 column, so `== "10.0.0.1"` compares the raw column
     protocol_flag: str = ""  # for the protocol booleans: the protocol value tested
+    any_of: tuple[
+        str, ...
+    ] = ()  # for namespaces/pods/services: `"x" in f` is `col1 = x OR col2 = x` (indexes)
 
 
 def _ip_text(column: str) -> str:
@@ -157,18 +160,21 @@ def _api_calls_fields() -> list[Field]:
             LIST_STRING,
             "arrayDistinct(arrayFilter(x -> x != '', [toString(src_namespace), toString(dst_namespace)]))",
             "Namespaces of both ends.",
+            any_of=("src_namespace", "dst_namespace"),
         ),
         Field(
             "pods",
             LIST_STRING,
             "arrayDistinct(arrayFilter(x -> x != '', [toString(src_pod), toString(dst_pod)]))",
             "Pod names of both ends.",
+            any_of=("src_pod", "dst_pod"),
         ),
         Field(
             "services",
             LIST_STRING,
             "arrayDistinct(arrayFilter(x -> x != '', [toString(src_service), toString(dst_service)]))",
             "Service names of both ends.",
+            any_of=("src_service", "dst_service"),
         ),
         Field(
             "local_labels",
@@ -285,6 +291,7 @@ def _flows_fields() -> list[Field]:
                 LIST_STRING,
                 f"arrayDistinct(arrayFilter(x -> x != '', [toString(a_{column}), toString(b_{column})]))",
                 f"{name.capitalize()} of both ends.",
+                any_of=(f"a_{column}", f"b_{column}"),
             )
         )
     local_a = "b_node != node OR a_node = node"  # the a end is local unless only b runs on the capturing node

@@ -182,7 +182,8 @@ class Compiler:
                 operand = self.visit(node.operand)
                 if operand.type == MAP_STRING:  # CEL: map.key is map["key"]
                     return self.subscript(operand, self.const(STRING, node.field), node)
-                raise self.error(f"{operand.type} value has no field {node.field!r}", node)
+                if name is None:
+                    raise self.error(f"{operand.type} value has no field {node.field!r}", node)
         raise self.unknown_field(name or "?", node)
 
     def lookup(self, name: str, node: Node, quiet: bool = False) -> Typed | None:
@@ -474,6 +475,16 @@ class Compiler:
             array = exp.Array(expressions=[i.expr for i in items])
             return Typed(BOOL, _fn("has", array, left.expr))
         right = self.visit(node.right)
+        if (
+            right.field is not None
+            and right.field.any_of
+            and left.is_const
+            and left.type == STRING
+            and left.const
+        ):
+            # `"prod" in namespaces` as `src_namespace = p OR dst_namespace = p`: the set index can skip.
+            tests = [exp.EQ(this=exp.column(c), expression=left.expr) for c in right.field.any_of]
+            return Typed(BOOL, exp.Paren(this=exp.or_(*tests)))
         if right.type == MAP_STRING:
             self.expect(left, STRING, node.left, "a map key")
             return Typed(BOOL, _fn("mapContains", right.expr, left.expr))

@@ -87,7 +87,13 @@ class Token:
     text: str = ""  # the source spelling (for legacy-word notes and messages)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def tokenize(text: str) -> list[Token]:
+    bad = _SURROGATE.search(text)
+    if bad:  # bytes that were not UTF-8 (argv decodes them to lone surrogates): say where, not a traceback
+        raise KflError("the filter is not valid UTF-8", text, bad.start())
     tokens: list[Token] = []
     i, n = 0, len(text)
     while i < n:

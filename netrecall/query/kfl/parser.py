@@ -124,7 +124,8 @@ class Parser:
             if self.depth > MAX_DEPTH:
                 raise self.error(f"filter nested too deeply (more than {MAX_DEPTH} levels)")
             try:
-                operand = self.unary()
+                # KFL v1's `not` governs a whole comparison (`not a == b`); CEL's `!` binds tightest.
+                operand = self.binary(BINARY_PRECEDENCE["=="]) if token.text == "not" else self.unary()
             finally:
                 self.depth -= 1
             if token.value == "-" and isinstance(operand, Literal) and operand.kind in ("int", "double"):
