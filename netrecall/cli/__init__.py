@@ -20,6 +20,7 @@ app = typer.Typer(
 # Each module has `register(app)`; the order is the order of `netrecall --help`.
 _COMMAND_MODULES = [
     "schema", "storeinfo", "retention", "imports", "dissect", "export", "snapshot", "agent", "serve", "query",
+    "demo",
 ]
 
 

@@ -1,0 +1,101 @@
+"""`netrecall demo`: import the recorded incident (netrecall/demo/) with its inventory, then say what to try.
+
+The capture is real traffic of a small shop whose payment service starts getting NXDOMAIN for its
+gateway's name; the inventory tags every packet with the pod, service and node it belonged to. Running
+the demo again changes nothing: a capture already imported is skipped, and so is its inventory.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Annotated
+
+import typer
+
+from netrecall.cli.common import StoreOption, open_cli_store
+from netrecall.errors import NetrecallError
+from netrecall.timeutil import format_time_ns
+
+
+def demo_command(
+    store_url: StoreOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary line")] = False,
+) -> None:
+    """Load the demo incident (a shop failing on DNS, captured from real traffic) into the store."""
+    from netrecall.agent.identity import IdentityResolver
+    from netrecall.demo import DEMO_INVENTORY, DEMO_NODE, DEMO_PCAP
+    from netrecall.ingest.importer import describe, file_sha256, import_files
+
+    for path in (DEMO_PCAP, DEMO_INVENTORY):
+        if not path.is_file():
+            raise NetrecallError(f"the demo file {path} is missing: reinstall netrecall")
+    store = open_cli_store(store_url)
+    try:
+        if _already_imported(store, file_sha256(DEMO_PCAP)):
+            typer.echo(f"the demo incident is already in {store.address.display} (nothing imported again)")
+        else:
+            resolver = IdentityResolver.from_inventory(DEMO_INVENTORY, source="demo:inventory.json")
+            summary = import_files(store, [DEMO_PCAP], node=DEMO_NODE, resolver=resolver)
+            typer.echo(
+                f"imported the demo incident into {store.address.display}: {describe(summary)}; "
+                f"{len(resolver)} workload identities"
+            )
+        first, last = store.rows(
+            "SELECT toUnixTimestamp64Nano(min(ts)), toUnixTimestamp64Nano(max(ts)) FROM packets "
+            "WHERE node = {n:String}",
+            {"n": DEMO_NODE},
+        )[0]
+    finally:
+        store.close()
+    if not quiet:
+        typer.echo(_next_steps(store_url, first, last))
+
+
+def _already_imported(store, source: str) -> bool:
+    """The import finished before (its `imports` row is written last) and its packets are all there."""
+    recorded = store.scalar(
+        "SELECT argMax(packets, imported_at) FROM imports WHERE source = {s:String}", {"s": source}
+    )
+    stored = store.scalar("SELECT count() FROM packets WHERE source = {s:String}", {"s": source})
+    return bool(recorded) and int(recorded) == int(stored or 0)
+
+
+def _next_steps(store_url: str | None, first_ns: int, last_ns: int) -> str:
+    from netrecall.demo import DEMO_NODE
+
+    store = f" --store {shlex.quote(store_url)}" if store_url else ""
+    # Seconds into the capture: the failure has not started yet, every identity is already there.
+    during = format_time_ns(first_ns + 5_000_000_000)
+    commands = [
+        (
+            "Who talked to whom (pods and services, as they were at capture time):",
+            f'netrecall sql{store} "SELECT src_namespace, src_pod, dst_service, dst_pod, count() AS packets '
+            'FROM packets WHERE ip_version = 4 GROUP BY ALL ORDER BY packets DESC LIMIT 15"',
+        ),
+        ("The cluster's identities at the time of the capture:", f"netrecall workloads{store} --at {during}"),
+        ("Dissect the packets into HTTP and DNS calls:", f"netrecall dissect{store}"),
+        (
+            "Then find the failures (DNS errors, HTTP 5xx):",
+            f"netrecall query{store} 'dns && dns_response && status_code != 0'\n"
+            f"  netrecall query{store} 'http && status_code >= 500'",
+        ),
+        (
+            "Export the failing payment traffic for Wireshark:",
+            f"netrecall export pcap{store} -o payment.pcap --namespace payment",
+        ),
+    ]
+    lines = [
+        "",
+        "The incident: payment (namespace payment) asks DNS for api.payment-gateway.svc.cluster.local;",
+        "partway through, DNS answers NXDOMAIN, payment answers 503, checkout 500, frontend 502.",
+        f"Capture: {format_time_ns(first_ns)} .. {format_time_ns(last_ns)} on node {DEMO_NODE}.",
+        "",
+        "Try next:",
+    ]
+    for title, command in commands:
+        lines += [f"  # {title}", f"  {command}"]
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_command)
