@@ -134,8 +134,20 @@ def _on(table_counter: Counter, ifaces: set[str]) -> Counter:
     return Counter({k: v for k, v in table_counter.items() if k[0] in ifaces})
 
 
+def _bcc_available() -> bool:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @needs_root
-def test_store_outage_loses_nothing_and_duplicates_nothing(lab: NetLab, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "backend",
+    ["afpacket", pytest.param("ebpf", marks=pytest.mark.skipif(not _bcc_available(), reason="no bcc"))],
+)
+def test_store_outage_loses_nothing_and_duplicates_nothing(lab: NetLab, tmp_path: Path, backend: str) -> None:
     """Kill the store front mid-run, bring it back: stored frames == tcpdump's, no sink traffic captured."""
     port = _free_port()
     front_path = tmp_path / "front"
@@ -147,7 +159,7 @@ def test_store_outage_loses_nothing_and_duplicates_nothing(lab: NetLab, tmp_path
             "--iface",
             "any",
             "--backend",
-            "afpacket",
+            backend,
             "--store",
             f"http://{lab.uplink_root_ip}:{port}/netrecall",
             "--spool-dir",
