@@ -314,3 +314,22 @@ def test_http_traffic_really_goes_through_the_front(chfront, chdb_path):
     assert chfront.requests - before >= 4
     assert "out:lz4" in chfront.encodings  # results came back lz4-compressed, as the store asks
     assert PACKETS.name == "packets"
+
+
+def test_arrow_stream_yields_the_same_rows_as_arrow(any_store: Store):
+    any_store.insert_arrow("packets", packets_table())
+    sql = "SELECT ts, data FROM packets ORDER BY ts"
+    streamed = pa.Table.from_batches(list(any_store.arrow_stream(sql, settings={"max_block_size": 5})))
+    whole = any_store.arrow(sql)
+    assert streamed.num_rows == whole.num_rows == packets_table().num_rows
+    assert streamed.column("data").to_pylist() == whole.column("data").to_pylist()
+
+
+def test_unreachable_server_is_one_line():
+    from netrecall.store import open_store
+
+    with pytest.raises(NetrecallError) as caught:
+        open_store("http://user:secret@127.0.0.1:9/netrecall")
+    message = str(caught.value)
+    assert message.startswith("cannot reach ClickHouse at http://127.0.0.1:9/netrecall: ")
+    assert "\n" not in message and "secret" not in message
