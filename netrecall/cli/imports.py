@@ -45,7 +45,7 @@ def import_command(
         if result.status == "failed":
             print(f"netrecall: error: {result.error}", file=sys.stderr)
             continue
-        for damage in result.damage:
+        for damage in sorted(result.damage, key=lambda d: d.offset):
             where = f"byte offset {damage.offset}" + (
                 " of the decompressed data" if result.path.endswith("gz") else ""
             )
@@ -61,7 +61,7 @@ def import_command(
         readable = len(summary.files) - len(summary.failed)
         raise NetrecallError(
             f"{len(summary.failed)} of {len(summary.files)} file(s) could not be read"
-            + (f" ({readable} imported)" if readable else ""),
+            + (f" ({readable} read)" if readable else ""),
             exit_code=2,
         )
 

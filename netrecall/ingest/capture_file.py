@@ -132,7 +132,8 @@ class CaptureReader:
     records: int = 0
     _raw: BinaryIO | None = None
     _stream: BinaryIO | None = None
-    _consumed: int = 0  # bytes of the (decompressed) stream handed to the parser so far
+    _consumed: int = 0  # bytes of the (decompressed) stream before the parser's current buffer
+    _produced: int = 0  # bytes of the (decompressed) stream read so far
 
     @property
     def raw_position(self) -> int:
@@ -175,17 +176,32 @@ class CaptureReader:
 
     def _read(self, size: int) -> bytes:
         assert self._stream is not None
-        try:
-            return self._stream.read(size)
-        except EOFError:
-            self._note_stream_end("compressed data ends early (truncated .gz)")
-            return b""
-        except (gzip.BadGzipFile, zlib.error, OSError) as exc:
-            self._note_stream_end(f"compressed data is damaged ({exc})")
-            return b""
+        if not self.compressed:
+            data = self._stream.read(size)
+            self._produced += len(data)
+            return data
+        # read1 in a loop: a damaged or truncated .gz must not lose what was decompressed before it
+        parts: list[bytes] = []
+        got = 0
+        while got < size:
+            try:
+                part = self._stream.read1(size - got)  # type: ignore[attr-defined]
+            except EOFError:
+                self._note_stream_end("compressed data ends early (truncated .gz)", got)
+                break
+            except (gzip.BadGzipFile, zlib.error, OSError) as exc:
+                self._note_stream_end(f"compressed data is damaged ({exc})", got)
+                break
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        self._produced += got
+        return b"".join(parts)
 
-    def _note_stream_end(self, reason: str) -> None:
-        self.damage.append(Damage(self._consumed, 0, reason, records=0))
+    def _note_stream_end(self, reason: str, pending: int) -> None:
+        # _consumed lags the parser by the buffered bytes; the offset is where the readable data ends
+        self.damage.append(Damage(self._produced + pending, 0, reason, records=0))
         self._stream = _EmptyStream()  # type: ignore[assignment]
 
     # --- reading -------------------------------------------------------------------------------------
@@ -364,6 +380,9 @@ class CaptureReader:
 
 class _EmptyStream:
     def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def read1(self, size: int = -1) -> bytes:
         return b""
 
 
