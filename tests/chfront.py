@@ -36,6 +36,7 @@ import io
 import json
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -180,6 +181,7 @@ class ChFront:
         self._sessions_lock = threading.Lock()
         self.requests = 0  # served so far: tests check their traffic really went through the front
         self.encodings: set[str] = set()  # request and response Content-Encodings seen, e.g. 'lz4', 'out:lz4'
+        self.nodelay: set[int] = set()  # TCP_NODELAY as read back from the accepted sockets
         front = self
 
         class Handler(_Handler):
@@ -377,6 +379,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         self.owner.requests += 1
+        self.owner.nodelay.add(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         parts = urlsplit(self.path)
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         body = self._read_body()

@@ -39,6 +39,7 @@ def client(chfront, database: str, compress: str | bool = "lz4"):
 
 def test_ping_and_root(chfront):
     assert httpx.get(f"{chfront.url}/ping").text == "Ok.\n"
+    assert chfront.nodelay == {1}  # TCP_NODELAY on every accepted connection, as the server sets it
     assert httpx.get(f"{chfront.url}/").text == "Ok.\n"
     assert httpx.get(f"{chfront.url}/nope").status_code == 404
 
@@ -126,6 +127,7 @@ def test_compressed_responses_when_asked(chfront, encoding):
 @pytest.mark.parametrize("compress", ["lz4", "zstd", "gzip", False])
 def test_clickhouse_connect_native_and_arrow_inserts(chfront, database, compress):
     ch = client(chfront, database, compress)
+    assert ch.ping() and ch.server_version == chfront.version  # the connect-time probes were answered
     ch.command(
         "CREATE TABLE t (s String, ip IPv6, m Map(String, String), a Array(UInt32))"
         " ENGINE = MergeTree ORDER BY s"
