@@ -38,8 +38,7 @@ def retention(
     store: StoreOption = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
-    """Set (when given) and show the rolling window: TTL from storage time, and a byte budget that drops
-    the oldest hours. Snapshots are exempt from both."""
+    """Set (when given) and show the rolling window: TTL after storage, byte budget; snapshots exempt."""
     ttl_seconds = parse_ttl_seconds(ttl) if ttl is not None else None
     budget = parse_budget_bytes(max_bytes) if max_bytes is not None else None
     opened = open_cli_store(store)
