@@ -1,5 +1,6 @@
 """Tiny traffic helpers for record.sh (no nc/ping on the build host): UDP datagrams and ICMP(v6) echoes."""
 
+import contextlib
 import socket
 import struct
 import sys
@@ -31,10 +32,8 @@ def ping(host: str, count: int) -> None:
             header = struct.pack("!BBHHH", kind, 0, 0, 0x4E52, seq)
             csum = 0 if v6 else checksum(header + payload)  # the kernel fills the ICMPv6 checksum
             sock.sendto(struct.pack("!BBHHH", kind, 0, csum, 0x4E52, seq) + payload, (host, 0))
-            try:
+            with contextlib.suppress(TimeoutError):
                 sock.recv(2048)
-            except TimeoutError:
-                pass
             time.sleep(0.2)
 
 
