@@ -303,8 +303,9 @@ def build_server(backend: Any) -> MCPServer:
     @tool(
         READ,
         "What a call's two ends sent and received around it (±window), in time order, DNS included: "
-        "role source_sent/received shows the client's other calls, destination_sent shows what the "
-        "server called while answering (a failed lookup, an upstream 503). failed=true marks errors.",
+        "role source_sent/received shows the client's other calls; destination_sent with during=true is "
+        "what the server called while answering (a failed lookup, an upstream 503). failed=true marks "
+        "errors. The events nearest the call are kept when limit cuts.",
     )
     def trace_call(
         id: str,

@@ -299,10 +299,12 @@ def trace_call(
                        dst_ip = {{src_ip:IPv6}}, 'source_received',
                        src_ip = {{dst_ip:IPv6}}, 'destination_sent',
                        'destination_received') AS role,
+               toUnixTimestamp64Nano(ts) BETWEEN {{call_ts:Int64}} AND {{call_end:Int64}} AS during,
                count() OVER () AS total
         FROM {scope.table} FINAL
         WHERE {scope.clause(_ENDS_MATCH)}
-        ORDER BY ts, id
+        -- the events nearest the call survive the limit; the answer is then put back in time order
+        ORDER BY abs(toUnixTimestamp64Nano(ts) - {{call_ts:Int64}}), id
         LIMIT {{lim:UInt32}}
     """
     params = {
@@ -311,8 +313,10 @@ def trace_call(
         "src_ip": str(call["src_ip"]),
         "dst_ip": str(call["dst_ip"]),
         "lim": limit,
+        "call_ts": int(call["ts_ns"]),
+        "call_end": int(call["ts_ns"]) + int(call["elapsed_time"]) * 1000,
     }
-    rows = store.dicts(sql, params)
+    rows = sorted(store.dicts(sql, params), key=lambda r: (r["ts"], r["id"]))
     events = [_trace_event(r) for r in rows]
     total = rows[0]["total"] if rows else 0
     answer: dict[str, Any] = {
@@ -356,6 +360,8 @@ def _trace_event(r: Mapping[str, Any]) -> dict[str, Any]:
         failed = int(r["status_code"]) >= 500
     if r["error"]:
         event["error"] = r["error"]
+    if r["during"] and r["role"] != "call":
+        event["during"] = True  # happened while the traced call was waiting for its answer
     event["latency_ms"] = round(int(r["elapsed_time"]) / 1000, 3)
     if failed or r["error"]:
         event["failed"] = True
