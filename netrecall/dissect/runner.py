@@ -57,6 +57,14 @@ def _state(store: Store, scope: str) -> int | None:
     return int(value) if value is not None else None
 
 
+def _last_run_ns(store: Store, scope: str) -> int:
+    value = store.scalar(
+        "SELECT toUnixTimestamp64Nano(max(updated_at)) FROM dissect_state WHERE scope = {s:String}",
+        {"s": scope},
+    )
+    return int(value or 0)
+
+
 def _set_state(store: Store, scope: str, value_ns: int) -> None:
     store.command(
         "INSERT INTO dissect_state (scope, watermark) "
@@ -86,6 +94,11 @@ def dissect(
     resumed = since_ns is None and watermark is not None
     if since_ns is None:
         since_ns = watermark if watermark is not None else first
+        late = source.stored_since(store, _last_run_ns(store, source.scope)) if resumed else None
+        if late is not None and late < since_ns:
+            # packets imported since the last run but older than its watermark (an old capture loaded
+            # later): start from them; orphans are not dropped then, their requests were never seen
+            since_ns, resumed = late, False
     if until_ns is None:
         until_ns = last + 1
     summary.since_ns, summary.until_ns = since_ns, until_ns

@@ -66,6 +66,15 @@ class PacketSource:
         )[0]
         return int(row[0]), int(row[1] or 0), int(row[2] or 0)
 
+    def stored_since(self, store: Store, wall_ns: int) -> int | None:
+        """First capture time among packets stored at or after `wall_ns` (wall clock), if any."""
+        value = store.scalar(
+            f"SELECT toUnixTimestamp64Nano(min(ts)) FROM {self.table} WHERE {self.condition()} "
+            "AND stored_at >= toDateTime(intDiv({wall:Int64}, 1000000000) - 1) HAVING count() > 0",
+            {**self.params, "wall": wall_ns},
+        )
+        return int(value) if value is not None else None
+
     def plan(
         self, store: Store, since_ns: int, until_ns: int, chunk_packets: int
     ) -> list[tuple[int, int, int]]:

@@ -11,7 +11,8 @@ committed next to this script; the tests compare what netrecall dissects from th
   on one connection), query strings, 404, HEAD, POST with Content-Length, POST with a chunked body,
   `Expect: 100-continue`, a chunked response, HTTP/1.0 with close-delimited bodies.
 - http_nginx.pcap: nginx on the non-standard port 9099: gzip (chunked) responses, 304 by
-  If-None-Match, 204, HEAD, a raw-socket client pipelining three requests in one segment.
+  If-None-Match, 204, HEAD, a raw-socket client pipelining three GETs in one segment.
+- http_pipelined_head.pcap: GET, HEAD, GET pipelined in one segment (tshark mis-frames it).
 - dns_dnsmasq.pcap: dnsmasq answering A, AAAA, CNAME, SRV, TXT, MX, PTR (NOERROR), NXDOMAIN, SERVFAIL
   (DNSSEC required of an upstream that cannot sign), the same over TCP (`dig +tcp`), and a query
   nobody answers.
@@ -94,7 +95,8 @@ class Handler(SimpleHTTPRequestHandler):
         super().do_GET()
 
 import functools
-ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), functools.partial(Handler, directory=sys.argv[3])).serve_forever()
+handler = functools.partial(Handler, directory=sys.argv[3])
+ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), handler).serve_forever()
 """
 
 NGINX_CONF = """
@@ -296,16 +298,41 @@ def record_http_nginx(work: Path) -> None:
             "",
         )
         curl("--http1.1", "-H", f"If-None-Match: {tag}", f"{base}/page.txt")  # 304
-        pipelined = (
+        pipeline(
             f"GET /small.json HTTP/1.1\r\nHost: {NS_IP}:9099\r\n\r\n"
+            f"GET /page.txt?pipelined=2 HTTP/1.1\r\nHost: {NS_IP}:9099\r\nAccept-Encoding: gzip\r\n\r\n"
+            f"GET /nope?pipelined=3 HTTP/1.1\r\nHost: {NS_IP}:9099\r\nConnection: close\r\n\r\n",
+            9099,
+        )
+
+
+def pipeline(requests: str, port: int) -> None:
+    """Several requests written at once on one connection (one segment), then read to the end."""
+    with socket.create_connection((NS_IP, port), 5) as sock:
+        sock.sendall(requests.encode())
+        while sock.recv(65536):
+            pass
+
+
+def record_http_pipelined_head(work: Path) -> None:
+    """A pipelined HEAD between two GETs: tshark 4.0 loses the framing here (docs/protocols.md)."""
+    www = work / "www"
+    www.mkdir()
+    (www / "page.txt").write_text("nginx page with enough text to be gzipped\n" * 200)
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (work / sub).mkdir()
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(d=work, ip=NS_IP))
+    with in_ns("nginx", "-c", str(conf)), capture(HERE / "http_pipelined_head.pcap", "tcp port 9099"):
+        wait_port(9099)
+        time.sleep(0.3)
+        pipeline(
+            f"GET /page.txt?n=1 HTTP/1.1\r\nHost: {NS_IP}:9099\r\n\r\n"
             f"HEAD /page.txt HTTP/1.1\r\nHost: {NS_IP}:9099\r\n\r\n"
-            f"GET /page.txt?pipelined=3 HTTP/1.1\r\nHost: {NS_IP}:9099\r\nAccept-Encoding: gzip\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
-        with socket.create_connection((NS_IP, 9099), 5) as sock:
-            sock.sendall(pipelined)  # three requests in one segment
-            while sock.recv(65536):
-                pass
+            f"GET /page.txt?n=3 HTTP/1.1\r\nHost: {NS_IP}:9099\r\nAccept-Encoding: gzip\r\n"
+            "Connection: close\r\n\r\n",
+            9099,
+        )
 
 
 def record_dns(work: Path) -> None:
@@ -337,7 +364,12 @@ def record_dns(work: Path) -> None:
         dig("-p", "5354", "+time=1", "lost.test", "A")  # nobody listens: a query without an answer
 
 
-RECORDERS = {"http_python": record_http_python, "http_nginx": record_http_nginx, "dns_dnsmasq": record_dns}
+RECORDERS = {
+    "http_python": record_http_python,
+    "http_nginx": record_http_nginx,
+    "http_pipelined_head": record_http_pipelined_head,
+    "dns_dnsmasq": record_dns,
+}
 
 
 def main(names: list[str]) -> None:
