@@ -133,8 +133,10 @@ class Service:
         from netrecall.query.bounds import data_boundaries, source_table
 
         answer: dict[str, Any] = {}
+        spans = []
         for table in ("packets", "api_calls", "flows"):
             span = data_boundaries(self.store, table, snapshot or None)
+            spans += [span] if span else []
             name, condition, params = source_table(self.store, table, snapshot or None)
             count = int(self.store.scalar(f"SELECT count() FROM {name} WHERE {condition}", params) or 0)
             answer[table] = {
@@ -149,6 +151,12 @@ class Service:
                 f"SELECT DISTINCT node FROM {name} WHERE {condition} ORDER BY node LIMIT 100", params
             )
         ]
+        if spans:
+            # start/end to pass on to cover everything stored (end is exclusive, hence the extra ns)
+            answer["window"] = {
+                "start": format_time_ns(min(s[0] for s in spans)),
+                "end": format_time_ns(max(s[1] for s in spans) + 1),
+            }
         if answer["packets"]["count"] and not answer["api_calls"]["count"]:
             answer["hint"] = "packets are stored but not dissected yet: run start_snapshot_dissection"
         return answer

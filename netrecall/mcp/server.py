@@ -103,8 +103,9 @@ def build_server(backend: Any) -> MCPServer:
 
     @tool(
         READ,
-        "Time range and volume of the stored data (packets, calls, nodes). Call this first: it tells "
-        "you which start/end to use and whether calls were dissected yet.",
+        "Time range and volume of the stored data (packets, calls, flows, nodes). Call this first: "
+        "`window.start`/`window.end` cover everything stored (pass them as start/end), and it says "
+        "whether calls were dissected yet.",
     )
     def get_data_boundaries(snapshot: Snapshot = None) -> str:
         return compact(backend.boundaries(snapshot=snapshot))
