@@ -335,5 +335,23 @@ def run_readonly(
             statement, parameters=params, settings=readonly_settings(max_rows, max_seconds)
         )
     rows = [list(r) for r in result.result_rows]
+    columns = list(result.column_names)
+    if not rows and not columns and isinstance(_parsed(statement), exp.Select | exp.SetOperation):
+        # chDB sends no block for an empty result, so no names either: ask the engine for the shape.
+        with clickhouse_errors():
+            described = store.client.query(
+                f"DESCRIBE TABLE ({statement})",
+                parameters=params,
+                settings=readonly_settings(1000, max_seconds),
+            )
+        columns = [row[0] for row in described.result_rows]
     truncated = len(rows) > max_rows
-    return {"columns": list(result.column_names), "rows": rows[:max_rows], "truncated": truncated}
+    return {"columns": columns, "rows": rows[:max_rows], "truncated": truncated}
+
+
+def _parsed(statement: str) -> exp.Expression | None:
+    try:
+        with _quiet_sqlglot():
+            return sqlglot.parse_one(statement, read="clickhouse")
+    except ParseError:
+        return None
