@@ -300,6 +300,37 @@ def test_watch_mutations_open_and_close_intervals():
     assert resolver.drain_changes().to_pylist()[0]["name"] == "b-7d9c8b6f5-bbbbb"
 
 
+def test_drained_old_closed_records_are_pruned():
+    resolver = IdentityResolver()
+    resolver.upsert_pod(pod("a-7d9c8b6f5-aaaaa", "10.0.0.5"), at(0))
+    resolver.delete_pod(("shop", "a-7d9c8b6f5-aaaaa"), at(10))
+    resolver.upsert_pod(pod("b-7d9c8b6f5-bbbbb", "10.0.0.6"), at(2000))
+    # The closed record is written out by this drain, and dropped after it (closed > 10 min before 2000 s).
+    assert {r["name"] for r in resolver.drain_changes().to_pylist()} >= {"a-7d9c8b6f5-aaaaa"}
+    assert [r.name for r in resolver.records if r.kind == "pod"] == ["b-7d9c8b6f5-bbbbb"]
+    assert resolver.lookup("10.0.0.5", at(5)) is None
+    assert resolver.lookup("10.0.0.6", at(2001)).name == "b-7d9c8b6f5-bbbbb"
+    kept = IdentityResolver()
+    kept.upsert_pod(pod("a-7d9c8b6f5-aaaaa", "10.0.0.5"), at(0))
+    kept.delete_pod(("shop", "a-7d9c8b6f5-aaaaa"), at(10))
+    kept.upsert_pod(pod("b-7d9c8b6f5-bbbbb", "10.0.0.6"), at(2000))
+    kept.drain_changes(keep_closed_ns=None)
+    assert kept.lookup("10.0.0.5", at(5)).name == "a-7d9c8b6f5-aaaaa"
+
+
+def test_initial_list_in_any_order_keeps_the_later_holder():
+    # A watch's first list upserts each pod at its own start time, in whatever order the API returns them.
+    old = pod("a-7d9c8b6f5-aaaaa", "10.0.0.5", start=0)
+    new = pod("b-7d9c8b6f5-bbbbb", "10.0.0.5", start=20)
+    for order in ([old, new], [new, old]):
+        resolver = IdentityResolver()
+        for obj in order:
+            resolver.upsert_pod(obj, None)
+        assert resolver.lookup("10.0.0.5", at(10)).name == "a-7d9c8b6f5-aaaaa"
+        assert resolver.lookup("10.0.0.5", at(20)).name == "b-7d9c8b6f5-bbbbb"
+        assert resolver.lookup("10.0.0.5", at(1000)).name == "b-7d9c8b6f5-bbbbb"
+
+
 def test_official_client_objects_are_accepted():
     from kubernetes import client
 

@@ -36,6 +36,7 @@ OPEN_NS = 9_223_286_400 * 1_000_000_000
 EMPTY_IP = bytes(16)
 LABELS_TYPE = pa.map_(pa.string(), pa.string())
 STRING_FIELDS = ("pod", "namespace", "service", "workload", "node")
+KEEP_CLOSED_NS = 600 * 1_000_000_000  # closed records the live agent keeps in memory after writing them
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 # Precedence classes (higher wins) for records that overlap on one IP.
@@ -243,7 +244,8 @@ class IdentityResolver:
     def __init__(self, source: str = "agent") -> None:
         self.source = source
         self._lock = threading.RLock()
-        self._records: list[Identity] = []
+        self._records: dict[int, Identity] = {}  # record number -> record, in creation order
+        self._next_record = 0
         self._open: dict[tuple[str, str, str], dict[bytes, int]] = {}  # (kind, ns, name) -> ip -> record
         self._open_by_ip: dict[bytes, set[int]] = {}
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
@@ -449,11 +451,18 @@ class IdentityResolver:
         )
         desired = {ip: replace(template, ip=ip) for ip in state["ips"]}
         if not state["host_network"]:
-            # The IP hand-over: whoever else still holds one of these IPs as a pod lets go now.
+            # The IP hand-over: whoever else still holds one of these IPs as a pod lets go now. A holder
+            # that started later (an initial list arrives in any order) keeps it: both stay open and the
+            # later start wins from its own start on (see _segments).
             for ip in desired:
                 for idx in list(self._open_by_ip.get(ip_bytes(ip), ())):
                     rec = self._records[idx]
-                    if rec.kind == "pod" and not rec.host_network and (rec.namespace, rec.name) != (ns, name):
+                    if (
+                        rec.kind == "pod"
+                        and not rec.host_network
+                        and (rec.namespace, rec.name) != (ns, name)
+                        and rec.valid_from <= at
+                    ):
                         self._close_record(("pod", rec.namespace, rec.name), idx, at)
         self._set_open(("pod", ns, name), desired, at)
 
@@ -468,8 +477,9 @@ class IdentityResolver:
             if raw in current:
                 continue
             record = replace(ident, valid_from=at, valid_to=OPEN_NS, source=ident.source or self.source)
-            self._records.append(record)
-            idx = len(self._records) - 1
+            idx = self._next_record
+            self._next_record += 1
+            self._records[idx] = record
             current[raw] = idx
             self._open_by_ip.setdefault(raw, set()).add(idx)
             self._changed.add(idx)
@@ -541,20 +551,46 @@ class IdentityResolver:
     def records(self) -> list[Identity]:
         """The whole history (copies), one record per identity interval."""
         with self._lock:
-            return [replace(r, labels=dict(r.labels)) for r in self._records]
+            return [replace(r, labels=dict(r.labels)) for r in self._records.values()]
 
     # --- the workloads table ----------------------------------------------------------------------------
     def workload_rows(self) -> pa.Table:
         """Every record as rows of the `workloads` table (the history, open intervals included)."""
         with self._lock:
-            return _workload_table(_dedupe(self._records, range(len(self._records))))
+            return _workload_table(_dedupe(self._records, list(self._records)))
 
-    def drain_changes(self) -> pa.Table:
-        """The records opened or closed since the last drain (what the live agent writes next)."""
+    def drain_changes(self, keep_closed_ns: int | None = KEEP_CLOSED_NS) -> pa.Table:
+        """The records opened or closed since the last drain (what the live agent writes next).
+
+        Records closed more than `keep_closed_ns` before the latest change, once drained, are then
+        dropped from memory (they are in the workloads table): a long-running agent's index stays the
+        size of the cluster, not of its history. None keeps everything.
+        """
         with self._lock:
             changed = sorted(self._changed)
             self._changed.clear()
-            return _workload_table(_dedupe(self._records, changed))
+            rows = _workload_table(_dedupe(self._records, changed))
+            if keep_closed_ns is not None and self._records:
+                latest = max(
+                    max(r.valid_from, r.valid_to if r.valid_to < OPEN_NS else 0)
+                    for r in self._records.values()
+                )
+                self.prune(latest - keep_closed_ns)
+            return rows
+
+    def prune(self, before_ns: int) -> int:
+        """Forget records closed before `before_ns` that were already drained; returns how many."""
+        with self._lock:
+            old = [
+                idx
+                for idx, r in self._records.items()
+                if r.valid_to < OPEN_NS and r.valid_to < before_ns and idx not in self._changed
+            ]
+            for idx in old:
+                del self._records[idx]
+            if old:
+                self._index = None
+            return len(old)
 
     # --- the compiled index -----------------------------------------------------------------------------
     def _compiled(self) -> _Index:
@@ -563,7 +599,7 @@ class IdentityResolver:
             return index
         with self._lock:
             if self._index is None:
-                self._index = _compile([replace(r, labels=dict(r.labels)) for r in self._records])
+                self._index = _compile([replace(r, labels=dict(r.labels)) for r in self._records.values()])
             return self._index
 
 
@@ -628,7 +664,7 @@ def _parse_items(text: str, path: Path) -> list[Mapping[str, Any]]:
     return items
 
 
-def _dedupe(records: list[Identity], indexes: Iterable[int]) -> list[Identity]:
+def _dedupe(records: Mapping[int, Identity], indexes: Iterable[int]) -> list[Identity]:
     """One row per workloads key (ip, valid_from, kind, namespace, name): the last record wins."""
     rows: dict[tuple[str, int, str, str, str], Identity] = {}
     for idx in indexes:
