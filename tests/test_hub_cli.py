@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -97,3 +98,27 @@ def test_second_opener_is_told_the_hubs_url(hub):
     assert result.returncode == 2
     assert f"--url {hub.url}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_agent_hubsink_batches_are_stored_once(hub):
+    """The agent's own sink against the hub: a retried batch (same token) is stored and counted once."""
+    from netrecall.agent.batcher import Batch
+    from netrecall.agent.identity import IdentityResolver
+    from netrecall.agent.sink import HubSink
+    from netrecall.demo import __file__ as demo_init
+    from netrecall.hub.client import HubClient
+
+    sink = HubSink(hub.url, TOKEN)
+    batch = Batch("packets", packets_batch(node="node-agent"))
+    assert sink.send(batch) == batch.rows
+    assert sink.send(batch) == batch.rows  # the retry answers the same count: duplicate, not stored
+    inventory = IdentityResolver.from_inventory(str(Path(demo_init).parent / "inventory.json"))
+    workloads = Batch("workloads", inventory.workload_rows())
+    assert sink.send(workloads) == workloads.rows
+    sink.close()
+    client = HubClient(hub.url, TOKEN)
+    count = client.sql("SELECT count() FROM packets WHERE node = 'node-agent'")["rows"]
+    flows = client.sql("SELECT sum(packets_ab + packets_ba) FROM flows WHERE node = 'node-agent'")["rows"]
+    assert count == [[batch.rows]] and flows == [[batch.rows]]
+    listed = client.workloads(namespace="payment")
+    assert listed["total"] >= 1 and all(w["namespace"] == "payment" for w in listed["workloads"])
