@@ -7,7 +7,8 @@
 - `dns_truncated` is the TC bit (the answer did not fit: the client retries over TCP). A message cut by
   the capture's snap length is parsed as far as it goes and flagged `partial`.
 - Answers are stored as their values: A/AAAA addresses, CNAME/NS/PTR names, `pref host` for MX,
-  `priority weight port target` for SRV, the joined strings for TXT, `mname rname serial` for SOA.
+  `priority weight port target` for SRV, TXT as its string (several: quoted, as dig prints them),
+  `mname rname serial` for SOA, the hex of the data for other types.
 - UDP on ports 53, 5353 and 5355 is DNS when it parses; on other ports only a strictly well-formed query
   or response (exactly one question, every section parsed to the last byte) counts.
 - TCP: 2-byte length framing on port 53 (either side).
@@ -161,7 +162,8 @@ def _rdata(data: bytes, rtype: int, start: int, length: int) -> str:
             n = rd[i]
             parts.append(rd[i + 1 : i + 1 + n].decode("utf-8", "backslashreplace"))
             i += 1 + n
-        return "".join(parts)
+        # one string as is; several quoted and space-separated, as dig prints them
+        return parts[0] if len(parts) == 1 else " ".join(f'"{part}"' for part in parts)
     if rtype == 6:
         mname, p = _name(data, start)
         rname, p = _name(data, p)
