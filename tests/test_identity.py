@@ -300,6 +300,31 @@ def test_watch_mutations_open_and_close_intervals():
     assert resolver.drain_changes().to_pylist()[0]["name"] == "b-7d9c8b6f5-bbbbb"
 
 
+def test_watched_service_and_slice_changes_reopen_only_the_pods_concerned():
+    resolver = IdentityResolver()
+    resolver.upsert_pod(pod("a-7d9c8b6f5-aaaaa", "10.0.0.1", labels={"app": "a"}), at(0))
+    resolver.upsert_pod(pod("b-7d9c8b6f5-bbbbb", "10.0.0.2", labels={"app": "b"}), at(0))
+    resolver.upsert_service(service("svc", "10.96.0.9", {"app": "a"}), at(5))
+    resolver.upsert_service(service("svc", "10.96.0.9", {"app": "b"}), at(10))
+    slice_ = {
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "legacy-x1",
+            "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": "legacy"},
+        },
+        "endpoints": [{"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "a-7d9c8b6f5-aaaaa"}}],
+    }
+    resolver.upsert_endpoint_slice(slice_, at(15))
+    resolver.delete_endpoint_slice(slice_, at(20))
+    a_services = [(r.valid_from, r.services) for r in resolver.records if r.name == "a-7d9c8b6f5-aaaaa"]
+    assert a_services == [(at(0), ()), (at(5), ("svc",)), (at(10), ()), (at(15), ("legacy",)), (at(20), ())]
+    b_services = [(r.valid_from, r.services) for r in resolver.records if r.name == "b-7d9c8b6f5-bbbbb"]
+    assert b_services == [(at(0), ()), (at(10), ("svc",))]
+    assert resolver.lookup("10.0.0.1", at(16)).service == "legacy"
+    assert resolver.lookup("10.0.0.2", at(9)).service == ""
+
+
 def test_drained_old_closed_records_are_pruned():
     resolver = IdentityResolver()
     resolver.upsert_pod(pod("a-7d9c8b6f5-aaaaa", "10.0.0.5"), at(0))

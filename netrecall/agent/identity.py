@@ -249,8 +249,11 @@ class IdentityResolver:
         self._open: dict[tuple[str, str, str], dict[bytes, int]] = {}  # (kind, ns, name) -> ip -> record
         self._open_by_ip: dict[bytes, set[int]] = {}
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
-        self._services: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pods_by_ns: dict[str, set[str]] = {}
+        self._selectors: dict[str, dict[str, dict[str, str]]] = {}  # ns -> service -> selector
+        # EndpointSlice (ns, name) -> (service, pods it names); pod -> {service: slices naming it}
         self._slices: dict[tuple[str, str], tuple[str, frozenset[tuple[str, str]]]] = {}
+        self._slice_refs: dict[tuple[str, str], dict[str, int]] = {}
         self._nodes: dict[str, dict[str, Any]] = {}  # node objects seen (name -> labels, ips)
         self._synth_nodes: dict[str, str] = {}  # node name -> hostIP learnt from its pods
         self._replica_sets: dict[tuple[str, str], str] = {}
@@ -292,7 +295,7 @@ class IdentityResolver:
                 if end is not None:
                     self._close_key(("service", *_ns_name(svc)), end, keep_state=True)
             for eps in by_kind.get("EndpointSlice", []):
-                self._set_slice(eps)
+                self._set_slice(as_dict(eps))
             events: list[tuple[int, int, int, Mapping[str, Any]]] = []
             for i, pod in enumerate(by_kind.get("Pod", [])):
                 start = _pod_start(pod)
@@ -329,6 +332,7 @@ class IdentityResolver:
                 "ips": [] if released else _pod_ips(obj),
             }
             self._pods[(ns, name)] = state
+            self._pods_by_ns.setdefault(ns, set()).add(name)
             host_ip = str(status.get("hostIP") or "")
             if node and host_ip and node not in self._nodes and self._synth_nodes.get(node) != host_ip:
                 # No Node object: the node's address is known from its pods (hostNetwork ones included),
@@ -347,6 +351,7 @@ class IdentityResolver:
         at = int(at_ns) if at_ns is not None else (_pod_end(obj) or _now_ns())
         with self._lock:
             self._pods.pop((ns, name), None)
+            self._pods_by_ns.get(ns, set()).discard(name)
             self._close_key(("pod", ns, name), at)
 
     def upsert_service(self, svc: Any, at_ns: int | None = None) -> None:
@@ -356,37 +361,39 @@ class IdentityResolver:
         at = (_time_ns(_meta(obj).get("creationTimestamp")) or 0) if at_ns is None else int(at_ns)
         spec = obj.get("spec") or {}
         with self._lock:
-            self._services[(ns, name)] = {"selector": dict(spec.get("selector") or {})}
+            selectors = self._selectors.setdefault(ns, {})
+            old, new = (
+                selectors.get(name, {}),
+                {str(k): str(v) for k, v in (spec.get("selector") or {}).items()},
+            )
+            selectors[name] = new
             template = Identity("", "service", name, namespace=ns, labels=_labels(obj), source=self.source)
             desired = {ip: replace(template, ip=ip) for ip in _service_ips(obj)}
             self._set_open(("service", ns, name), desired, at)
-            self._refresh_namespace(ns, at)
+            if old != new:
+                self._refresh_selected(ns, (old, new), at)
 
     def delete_service(self, svc: Any, at_ns: int | None = None) -> None:
         obj = _object_or_key(svc)
         ns, name = _ns_name(obj)
         at = int(at_ns) if at_ns is not None else (_time_ns(_meta(obj).get("deletionTimestamp")) or _now_ns())
         with self._lock:
-            self._services.pop((ns, name), None)
+            old = self._selectors.get(ns, {}).pop(name, {})
             self._close_key(("service", ns, name), at)
-            self._refresh_namespace(ns, at)
+            self._refresh_selected(ns, (old,), at)
 
     def upsert_endpoint_slice(self, eps: Any, at_ns: int | None = None) -> None:
         """An EndpointSlice names the pods behind a service (services without selectors included)."""
         obj = as_dict(eps)
         at = _now_ns() if at_ns is None else int(at_ns)
         with self._lock:
-            namespaces = self._set_slice(obj)
-            for ns in namespaces:
-                self._refresh_namespace(ns, at)
+            self._refresh_pods(self._set_slice(obj), at)
 
     def delete_endpoint_slice(self, eps: Any, at_ns: int | None = None) -> None:
         obj = as_dict(eps)
         at = _now_ns() if at_ns is None else int(at_ns)
         with self._lock:
-            old = self._slices.pop(_ns_name(obj), None)
-            for ns in {pod_ns for pod_ns, _ in (old[1] if old else ())}:
-                self._refresh_namespace(ns, at)
+            self._refresh_pods(self._set_slice(obj, deleted=True), at)
 
     def upsert_node(self, node: Any, at_ns: int | None = None) -> None:
         obj = as_dict(node)
@@ -406,34 +413,47 @@ class IdentityResolver:
             self._close_key(("node", "", name), _now_ns() if at_ns is None else int(at_ns))
 
     # --- internals of the mutations -------------------------------------------------------------------
-    def _set_slice(self, obj: Mapping[str, Any]) -> set[str]:
+    def _set_slice(self, obj: Mapping[str, Any], deleted: bool = False) -> set[tuple[str, str]]:
+        """Record (or forget) which pods a slice names for its service; returns the pods affected."""
         ns, name = _ns_name(obj)
         service = _labels(obj).get(SERVICE_NAME_LABEL, "")
         targets: set[tuple[str, str]] = set()
-        for endpoint in obj.get("endpoints") or []:
+        for endpoint in [] if deleted else obj.get("endpoints") or []:
             ref = endpoint.get("targetRef") or {}
-            if ref.get("kind") == "Pod" and ref.get("name"):
-                targets.add((str(ref.get("namespace") or ns), str(ref["name"])))
-        old = self._slices.get((ns, name))
-        self._slices[(ns, name)] = (f"{ns}/{service}" if service else "", frozenset(targets))
-        return {pod_ns for pod_ns, _ in targets | set(old[1] if old else ())}
+            # A Service only fronts pods of its own namespace.
+            if ref.get("kind") == "Pod" and ref.get("name") and (ref.get("namespace") or ns) == ns:
+                targets.add((ns, str(ref["name"])))
+        old_service, old_targets = self._slices.pop((ns, name), ("", frozenset()))
+        for pod_key in old_targets:
+            refs = self._slice_refs.get(pod_key, {})
+            refs[old_service] = refs.get(old_service, 1) - 1
+            if refs[old_service] <= 0:
+                refs.pop(old_service, None)
+        if service and targets and not deleted:
+            self._slices[(ns, name)] = (service, frozenset(targets))
+            for pod_key in targets:
+                refs = self._slice_refs.setdefault(pod_key, {})
+                refs[service] = refs.get(service, 0) + 1
+        return set(old_targets) | targets
 
     def _pod_services(self, ns: str, name: str, labels: Mapping[str, str]) -> tuple[str, ...]:
-        found = {
-            svc_name
-            for (svc_ns, svc_name), svc in self._services.items()
-            if svc_ns == ns and _selects(svc["selector"], labels)
-        }
-        for service, targets in self._slices.values():
-            svc_ns, _, svc_name = service.partition("/")
-            if svc_name and svc_ns == ns and (ns, name) in targets:
-                found.add(svc_name)
+        found = {svc for svc, selector in self._selectors.get(ns, {}).items() if _selects(selector, labels)}
+        found.update(self._slice_refs.get((ns, name), {}))
         return tuple(sorted(found))
 
-    def _refresh_namespace(self, ns: str, at: int) -> None:
-        for pod_ns, pod_name in list(self._pods):
-            if pod_ns == ns:
-                self._apply_pod(pod_ns, pod_name, at)
+    def _refresh_selected(self, ns: str, selectors: tuple[dict[str, str], ...], at: int) -> None:
+        """Re-apply the pods of `ns` that any of these selectors (a service's old and new) picks."""
+        picked = [
+            (ns, pod_name)
+            for pod_name in self._pods_by_ns.get(ns, ())
+            if any(_selects(sel, self._pods[(ns, pod_name)]["labels"]) for sel in selectors)
+        ]
+        self._refresh_pods(picked, at)
+
+    def _refresh_pods(self, pods: Iterable[tuple[str, str]], at: int) -> None:
+        for key in pods:
+            if key in self._pods:
+                self._apply_pod(*key, at)
 
     def _apply_pod(self, ns: str, name: str, at: int) -> None:
         state = self._pods[(ns, name)]
