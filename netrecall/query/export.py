@@ -4,8 +4,9 @@ The file is written to OUT.tmp while its SHA-256 is computed, then renamed into 
 leaves a partial OUT. Beside it goes OUT.manifest.json (filters, window, counts, hash, who/when/where) and
 a row in the `exports` table; `verify_export` re-hashes the file against its manifest.
 
-Memory stays bounded whatever the size: rows arrive as Arrow batches from a server-side sort that spills
-to disk past a fixed budget, and the writer keeps one batch of output at a time.
+Memory stays bounded whatever the size: the selection is cut into time ranges of about CHUNK_BYTES each
+(from a cheap per-second profile), each range is sorted server-side (spilling to disk past a budget) and
+streamed as Arrow batches, and the writer keeps a few MB of output at a time.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ FORMATS = ("pcap", "pcapng")
 MANIFEST_SUFFIX = ".manifest.json"
 # Past this the server sort spills to disk: keeps the engine's share of the export's memory bounded.
 SORT_SPILL_BYTES = 64 * 1024 * 1024
+CHUNK_BYTES = 32 * 1024 * 1024  # frames read and sorted per query (see _chunks)
 FLUSH_BYTES = 4 * 1024 * 1024
 _ANNOTATE_COLUMNS = "src_ip, src_port, dst_ip, dst_port, src_namespace, src_pod, dst_namespace, dst_pod"
 
@@ -158,6 +160,33 @@ def _pcap_link_type(store: Store, selection: Selection) -> tuple[int, int]:
     return (kinds[0] if kinds else 1), max(int(snaplen or 0), PCAP_SNAPLEN)
 
 
+def _chunks(store: Store, selection: Selection) -> list[tuple[int, int]]:
+    """Split the selection into consecutive time ranges of about CHUNK_BYTES of frames each.
+
+    One cheap pass over ts and caplen (never `data`) gives the selected bytes per second; each range is
+    then read and sorted on its own, so neither the engine nor Python ever holds more than about a chunk,
+    whatever the export's size (a single second heavier than a chunk still spills in the server sort).
+    """
+    profile = store.rows(
+        "SELECT intDiv(toUnixTimestamp64Nano(ts), 1000000000) AS sec, sum(caplen + 32) "
+        f"FROM {selection.table} "
+        f"WHERE {selection.where} GROUP BY sec ORDER BY sec",
+        selection.params,
+    )
+    chunks: list[tuple[int, int]] = []
+    start, size = None, 0
+    for sec, weight in profile:
+        if start is None:
+            start = sec
+        size += weight
+        if size >= CHUNK_BYTES:
+            chunks.append((start * 1_000_000_000, (sec + 1) * 1_000_000_000))
+            start, size = None, 0
+    if start is not None:
+        chunks.append((start * 1_000_000_000, (profile[-1][0] + 1) * 1_000_000_000))
+    return chunks
+
+
 def _write_packets(
     store: Store,
     selection: Selection,
@@ -168,18 +197,15 @@ def _write_packets(
     annotate: bool,
 ) -> dict[str, Any]:
     extra = f", {_ANNOTATE_COLUMNS}" if annotate else ""
-    # The table is sorted by (minute, flow, ts): ordering by the minute first lets the engine finish-sort
-    # inside each minute instead of sorting everything; the spill setting caps what a minute may hold.
+    # Ties on the very same nanosecond: flow, then the order within the part, which keeps a flow's
+    # packets in capture order (the table keeps no capture sequence number across flows).
     sql = (
         f"SELECT toUnixTimestamp64Nano(ts) AS ts_ns, node, iface, link_type, origlen, data{extra} "
         f"FROM {selection.table} WHERE {selection.where} "
-        "ORDER BY toStartOfMinute(ts), ts, flow_id, _part_offset"
+        "AND ts >= fromUnixTimestamp64Nano({c_lo:Int64}) AND ts < fromUnixTimestamp64Nano({c_hi:Int64}) "
+        "ORDER BY ts, flow_id, _part_offset"
     )
-    settings = {
-        "max_bytes_before_external_sort": SORT_SPILL_BYTES,
-        "optimize_read_in_order": 1,
-        "max_block_size": 8192,
-    }
+    settings = {"max_bytes_before_external_sort": SORT_SPILL_BYTES, "max_block_size": 8192}
     stats: dict[str, Any] = {
         "packets": 0,
         "captured": 0,
@@ -190,28 +216,37 @@ def _write_packets(
     }
     pcap = PcapWriter(sink, link_type, snaplen) if fmt == "pcap" else None
     pcapng = PcapngWriter(sink, f"netrecall {netrecall.__version__}") if fmt == "pcapng" else None
-    for batch in store.arrow_stream(sql, selection.params, settings):
-        columns = batch.to_pydict()
-        ts_list, data_list, orig_list = columns["ts_ns"], columns["data"], columns["origlen"]
-        nodes = [_text(v) for v in columns["node"]]
-        stats["nodes"].update(nodes)
-        if pcap is not None:
-            for ts_ns, frame, origlen in zip(ts_list, data_list, orig_list, strict=True):
-                pcap.write(ts_ns, frame, origlen)
-        else:
-            assert pcapng is not None
-            ifaces, links = columns["iface"], columns["link_type"]
-            for i, (ts_ns, frame, origlen) in enumerate(zip(ts_list, data_list, orig_list, strict=True)):
-                interface = pcapng.interface(nodes[i], _text(ifaces[i]), links[i])
-                comment = _comment(columns, i) if annotate else ""
-                pcapng.write(interface, ts_ns, frame, origlen, comment)
-        if ts_list:
-            stats["first"] = ts_list[0] if stats["first"] is None else stats["first"]
-            stats["last"] = ts_list[-1]
-        stats["packets"] += len(ts_list)
-        stats["captured"] += sum(len(f) for f in data_list)
-        stats["original"] += sum(orig_list)
+    for low, high in _chunks(store, selection):
+        params = {**selection.params, "c_lo": low, "c_hi": high}
+        for batch in store.arrow_stream(sql, params, settings):
+            _write_batch(batch.to_pydict(), stats, pcap, pcapng, annotate)
     return stats
+
+
+def _write_batch(
+    columns: dict[str, list],
+    stats: dict[str, Any],
+    pcap: PcapWriter | None,
+    pcapng: PcapngWriter | None,
+    annotate: bool,
+) -> None:
+    ts_list, data_list, orig_list = columns["ts_ns"], columns["data"], columns["origlen"]
+    nodes = [_text(v) for v in columns["node"]]
+    stats["nodes"].update(nodes)
+    if pcap is not None:
+        for ts_ns, frame, origlen in zip(ts_list, data_list, orig_list, strict=True):
+            pcap.write(ts_ns, frame, origlen)
+    elif pcapng is not None:
+        ifaces, links = columns["iface"], columns["link_type"]
+        for i, (ts_ns, frame, origlen) in enumerate(zip(ts_list, data_list, orig_list, strict=True)):
+            interface = pcapng.interface(nodes[i], _text(ifaces[i]), links[i])
+            pcapng.write(interface, ts_ns, frame, origlen, _comment(columns, i) if annotate else "")
+    if ts_list:
+        stats["first"] = ts_list[0] if stats["first"] is None else stats["first"]
+        stats["last"] = ts_list[-1]
+    stats["packets"] += len(ts_list)
+    stats["captured"] += sum(len(f) for f in data_list)
+    stats["original"] += sum(orig_list)
 
 
 def _text(value: Any) -> str:
