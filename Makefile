@@ -4,10 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and benchmarks use: tshark is the reference dissector, python3-dpkt ships
 # real example captures, the others play real servers and clients in network namespaces.
-APT_PKGS := tshark tcpdump python3-dpkt dnsmasq nginx-light iproute2 curl
+APT_PKGS := tshark tcpdump python3-dpkt dnsmasq nginx-light iproute2 curl python3-bpfcc etcd-server golang-go rsync dpkg-dev openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt run test bench lint clean
+.PHONY: setup apt testenv run test bench lint clean
 
 setup: $(VENV)/.installed
 
@@ -26,14 +26,20 @@ apt:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The agent's test environment, cached under /var/cache/netrecall: kernel headers for bcc (and Debian's
+# bcc linked into the venv), and a kube-apiserver built once from Debian's source package.
+testenv: setup apt
+	@bash tests/setup/bcc_headers.sh $(VENV) >/dev/null
+	@bash tests/setup/kube_apiserver.sh
+
 run: setup
 	$(VENV)/bin/netrecall demo
 
-test: setup apt
+test: setup apt testenv
 	$(VENV)/bin/ruff check netrecall tests bench
 	$(PY) -m pytest -q
 
-bench: setup apt
+bench: setup apt testenv
 	$(PY) -m bench
 
 lint: setup
