@@ -128,7 +128,7 @@ def dissect(
             lo = min(lo, min(c["ts"] for c in calls))
             lookup = source.endpoints(store, lo, hi)
         enrich(calls, lookup, only_node)
-        fresh = dedupe(store, source.calls_table, calls, source.where, source.params)
+        fresh = dedupe(store, source.calls_table, calls, source.calls_where, source.params)
         summary.duplicates_skipped += len(calls) - len(fresh)
         write_calls(store, source.calls_table, fresh, source.extra_columns)
         for call in fresh:

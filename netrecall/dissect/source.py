@@ -36,13 +36,15 @@ class PacketSource:
     calls_table: str = "api_calls"
     extra_columns: dict[str, Any] = field(default_factory=dict)  # constant columns added to every call row
     scope: str = "live"  # dissect_state key for the watermark
+    calls_where: str = ""  # the calls of this source in calls_table (a snapshot's), for de-duplication
 
     @classmethod
     def for_run(cls, snapshot: str | None = None, node: str | None = None) -> PacketSource:
         where, params = [], {}
-        scope = "live"
+        scope, calls_where = "live", ""
         table, calls_table, extra = "packets", "api_calls", {}
         if snapshot:
+            calls_where = "snapshot = {snapshot:String}"
             table, calls_table = "snapshot_packets", "snapshot_api_calls"
             where.append("snapshot = {snapshot:String}")
             params["snapshot"] = snapshot
@@ -52,7 +54,7 @@ class PacketSource:
             where.append("node = {node:String}")
             params["node"] = node
             scope += f"|node:{node}"
-        return cls(table, " AND ".join(where), params, calls_table, extra, scope)
+        return cls(table, " AND ".join(where), params, calls_table, extra, scope, calls_where)
 
     def condition(self) -> str:
         return f"{RELEVANT} AND {self.where}" if self.where else RELEVANT
@@ -70,7 +72,7 @@ class PacketSource:
         """First capture time among packets stored at or after `wall_ns` (wall clock), if any."""
         value = store.scalar(
             f"SELECT toUnixTimestamp64Nano(min(ts)) FROM {self.table} WHERE {self.condition()} "
-            "AND stored_at >= toDateTime(intDiv({wall:Int64}, 1000000000) - 1) HAVING count() > 0",
+            "AND stored_at >= toDateTime(intDiv({wall:Int64}, 1000000000)) HAVING count() > 0",
             {**self.params, "wall": wall_ns},
         )
         return int(value) if value is not None else None
@@ -78,7 +80,11 @@ class PacketSource:
     def plan(
         self, store: Store, since_ns: int, until_ns: int, chunk_packets: int
     ) -> list[tuple[int, int, int]]:
-        """Cut [since, until) into time slices of about `chunk_packets` packets: (start, end, packets)."""
+        """Cut [since, until) into time slices of about `chunk_packets` packets: (start, end, packets).
+
+        A histogram of packet times gives the cut points; a slice still far too big (a burst inside one
+        bucket) is cut again with a finer histogram of its own range.
+        """
         params = {**self.params, "since_ns": since_ns, "until_ns": until_ns}
         cond = f"{self.condition()} AND {RANGE}"
         total, first, last = store.rows(
@@ -89,7 +95,7 @@ class PacketSource:
         total, first, last = int(total), int(first or 0), int(last or 0)
         if total == 0:
             return []
-        if total <= chunk_packets:
+        if total <= chunk_packets or last == first:
             return [(since_ns, until_ns, total)]
         buckets = max(64, (total // chunk_packets) * 16)
         width = max(1, (last - first) // buckets + 1)
@@ -110,7 +116,13 @@ class PacketSource:
             slices.append((start, until_ns, acc))
         else:
             slices[-1] = (slices[-1][0], until_ns, slices[-1][2])
-        return slices
+        refined: list[tuple[int, int, int]] = []
+        for piece in slices:
+            if piece[2] > 2 * chunk_packets and len(slices) > 1:
+                refined.extend(self.plan(store, piece[0], piece[1], chunk_packets))
+            else:
+                refined.append(piece)
+        return refined
 
     def read(self, store: Store, since_ns: int, until_ns: int) -> PacketChunk:
         """One time slice, sorted by flow then time, as the engine's columns."""
