@@ -7,7 +7,11 @@ the demo again changes nothing: a capture already imported is skipped, and so is
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -60,28 +64,38 @@ def _already_imported(store, source: str) -> bool:
     return bool(recorded) and int(recorded) == int(stored or 0)
 
 
+def _prog() -> str:
+    """How to call netrecall again: `netrecall` when it is on PATH, else the path this one ran from."""
+    ran = Path(sys.argv[0])
+    if shutil.which("netrecall") or ran.name != "netrecall" or not ran.exists():
+        return "netrecall"
+    relative = os.path.relpath(ran)
+    return relative if len(relative) < len(str(ran)) and not relative.startswith("..") else str(ran)
+
+
 def _next_steps(store_url: str | None, first_ns: int, last_ns: int) -> str:
     from netrecall.demo import DEMO_NODE
 
     store = f" --store {shlex.quote(store_url)}" if store_url else ""
+    prog = _prog()
     # Seconds into the capture: the failure has not started yet, every identity is already there.
     during = format_time_ns(first_ns + 5_000_000_000)
     commands = [
         (
             "Who talked to whom (pods and services, as they were at capture time):",
-            f'netrecall sql{store} "SELECT src_namespace, src_pod, dst_service, dst_pod, count() AS packets '
+            f'{prog} sql{store} "SELECT src_namespace, src_pod, dst_service, dst_pod, count() AS packets '
             'FROM packets WHERE ip_version = 4 GROUP BY ALL ORDER BY packets DESC LIMIT 15"',
         ),
-        ("The cluster's identities at the time of the capture:", f"netrecall workloads{store} --at {during}"),
-        ("Dissect the packets into HTTP and DNS calls:", f"netrecall dissect{store}"),
+        ("The cluster's identities at the time of the capture:", f"{prog} workloads{store} --at {during}"),
+        ("Dissect the packets into HTTP and DNS calls:", f"{prog} dissect{store}"),
         (
             "Then find the failures (DNS errors, HTTP 5xx):",
-            f"netrecall query{store} 'dns && dns_response && status_code != 0'\n"
-            f"  netrecall query{store} 'http && status_code >= 500'",
+            f"{prog} query{store} 'dns && dns_response && status_code != 0'\n"
+            f"  {prog} query{store} 'http && status_code >= 500'",
         ),
         (
             "Export the failing payment traffic for Wireshark:",
-            f"netrecall export pcap{store} -o payment.pcap --namespace payment",
+            f"{prog} export pcap{store} -o payment.pcap --namespace payment",
         ),
     ]
     lines = [
