@@ -565,6 +565,8 @@ def main() -> None:
     parser.add_argument("--fail-at", type=float, default=10.0, help="seconds until DNS starts failing")
     parser.add_argument("--rate", type=float, default=2.5, help="shopper requests per second")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the finally clause still removes every namespace and process.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     record(args.out, args.duration, args.fail_at, args.rate)
 
 
