@@ -88,24 +88,32 @@ def run() -> bool:
         resolver = _resolver(pods, changes, seconds)
         table = _chunk(pods, seconds)
         resolver.enrich(table.slice(0, 10))  # compile the index outside the timing
-        best = min(_timed(resolver, table) for _ in range(3))
-        rows.append([label, len(resolver), f"{best:.3f}", f"{ROWS / best / 1e6:.1f}"])
-        # The churn shape is a stress case (every IP changing hands inside 2 s): reported, held to 2x.
-        ok &= best < (TARGET_SECONDS * 2 if changes > pods else TARGET_SECONDS)
-    print_table(f"enrich() on {ROWS:,} rows", ["shape", "records", "seconds", "M rows/s"], rows)
+        runs = [_timed(resolver, table) for _ in range(3)]
+        wall = min(r[0] for r in runs)
+        cpu = min(r[1] for r in runs)
+        rows.append([label, len(resolver), f"{wall:.3f}", f"{cpu:.3f}", f"{ROWS / cpu / 1e6:.1f}"])
+        # Judged on the process's CPU time: enrich() is single-threaded, so on an idle machine wall time
+        # equals it, and on this shared one wall time measures the neighbours. The churn shape is a
+        # stress case (every IP changing hands inside 2 s): reported, held to 2x.
+        ok &= cpu < (TARGET_SECONDS * 2 if changes > pods else TARGET_SECONDS)
+    print_table(
+        f"enrich() on {ROWS:,} rows (best of 3)",
+        ["shape", "records", "wall s", "cpu s", "M rows/cpu-s"],
+        rows,
+    )
     return verdict(
-        f"enrich 1M rows < {TARGET_SECONDS} s (churn < {2 * TARGET_SECONDS} s)",
+        f"enrich 1M rows < {TARGET_SECONDS} s CPU (churn < {2 * TARGET_SECONDS} s)",
         ok,
-        ", ".join(f"{r[0]}: {r[2]} s" for r in rows),
+        ", ".join(f"{r[0]}: {r[3]} s" for r in rows),
     )
 
 
-def _timed(resolver: IdentityResolver, table: pa.Table) -> float:
-    started = time.perf_counter()
+def _timed(resolver: IdentityResolver, table: pa.Table) -> tuple[float, float]:
+    started, cpu_started = time.perf_counter(), time.process_time()
     out = resolver.enrich(table)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     assert out.num_rows == table.num_rows
-    return elapsed
+    return elapsed, cpu
 
 
 if __name__ == "__main__":
