@@ -470,7 +470,7 @@ def test_ipv6_pods():
     assert resolver.lookup("10.0.0.5", at(1)).name == "a-7d9c8b6f5-aaaaa"
 
 
-def test_workload_rows_insert_into_store_and_replace_on_reload(store, tmp_path):
+def test_workload_rows_insert_on_both_backends_and_replace_on_reload(any_store, tmp_path):
     path = inventory(
         tmp_path,
         [
@@ -479,8 +479,8 @@ def test_workload_rows_insert_into_store_and_replace_on_reload(store, tmp_path):
         ],
     )
     for _ in range(2):  # loading the same dump twice keeps one row per identity interval
-        store.insert_arrow("workloads", IdentityResolver.from_inventory(path).workload_rows())
-    rows = store.dicts(
+        any_store.insert_arrow("workloads", IdentityResolver.from_inventory(path).workload_rows())
+    rows = any_store.dicts(
         "SELECT IPv6NumToString(ip) AS ip, kind, name, namespace, node, services, labels, owner, "
         "host_network, toUnixTimestamp64Nano(valid_from) AS vf, valid_to"
         " FROM workloads FINAL ORDER BY kind, name"
