@@ -32,7 +32,7 @@ FORMATS = ("pcap", "pcapng")
 MANIFEST_SUFFIX = ".manifest.json"
 # Past this the server sort spills to disk: keeps the engine's share of the export's memory bounded.
 SORT_SPILL_BYTES = 64 * 1024 * 1024
-CHUNK_BYTES = 32 * 1024 * 1024  # frames read and sorted per query (see _chunks)
+CHUNK_BYTES = 16 * 1024 * 1024  # frames read and sorted per query (see _chunks)
 FLUSH_BYTES = 4 * 1024 * 1024
 _ANNOTATE_COLUMNS = "src_ip, src_port, dst_ip, dst_port, src_namespace, src_pod, dst_namespace, dst_pod"
 
@@ -205,7 +205,7 @@ def _write_packets(
         "AND ts >= fromUnixTimestamp64Nano({c_lo:Int64}) AND ts < fromUnixTimestamp64Nano({c_hi:Int64}) "
         "ORDER BY ts, flow_id, _part_offset"
     )
-    settings = {"max_bytes_before_external_sort": SORT_SPILL_BYTES, "max_block_size": 8192}
+    settings = {"max_bytes_before_external_sort": SORT_SPILL_BYTES, "max_block_size": 4096}
     stats: dict[str, Any] = {
         "packets": 0,
         "captured": 0,
