@@ -242,12 +242,14 @@ class AfPacketCapture:
         ts = np.empty(num_pkts, dtype=np.int64)
         caplen = np.empty(num_pkts, dtype=np.uint32)
         origlen = np.empty(num_pkts, dtype=np.uint32)
-        start = np.empty(num_pkts, dtype=np.int64)
         ifindex = np.empty(num_pkts, dtype=np.int32)
         hatype = np.empty(num_pkts, dtype=np.uint16)
         pkttype = np.empty(num_pkts, dtype=np.uint8)
         unpack_pkt = _PKT_HDR.unpack_from
         unpack_sll = _SLL.unpack_from
+        view = memoryview(block)
+        frames = []
+        keep = frames.append
         off = first
         for i in range(num_pkts):
             nxt, sec, nsec, snap, length, _, mac, _ = unpack_pkt(block, off)
@@ -255,31 +257,24 @@ class AfPacketCapture:
             ts[i] = sec * 1_000_000_000 + nsec
             caplen[i] = snap
             origlen[i] = length
-            start[i] = off + mac
+            keep(view[off + mac : off + mac + snap])
             ifindex[i] = idx
             hatype[i] = ha
             pkttype[i] = ptype
             off += nxt
-        return block, ts, caplen, origlen, start, ifindex, hatype, pkttype
+        return frames, ts, caplen, origlen, ifindex, hatype, pkttype
 
     def _chunk(self, parts: list[tuple]) -> FrameChunk:
-        """Concatenate blocks' frames into one chunk: a vectorised gather of every frame's byte range."""
-        buffers = [np.frombuffer(p[0], dtype=np.uint8) for p in parts]
-        base = np.cumsum([0] + [len(b) for b in buffers[:-1]], dtype=np.int64)
-        data_all = np.concatenate(buffers) if len(buffers) > 1 else buffers[0]
+        """Concatenate blocks' frames into one chunk: one join of memoryview slices (no per-byte index)."""
         ts = np.concatenate([p[1] for p in parts])
         caplen = np.concatenate([p[2] for p in parts])
         origlen = np.concatenate([p[3] for p in parts])
-        start = np.concatenate([p[4] + b for p, b in zip(parts, base, strict=True)])
-        ifindex = np.concatenate([p[5] for p in parts])
-        hatype = np.concatenate([p[6] for p in parts])
-        pkttype = np.concatenate([p[7] for p in parts])
+        ifindex = np.concatenate([p[4] for p in parts])
+        hatype = np.concatenate([p[5] for p in parts])
+        pkttype = np.concatenate([p[6] for p in parts])
         offsets = np.zeros(len(ts) + 1, dtype=np.int64)
         np.cumsum(caplen, out=offsets[1:])
-        # gather: frame i's bytes start[i]..start[i]+caplen[i] -> offsets[i]..offsets[i+1]
-        total = int(offsets[-1])
-        gather = np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1] - start, caplen.astype(np.int64))
-        data = data_all[gather]
+        data = np.frombuffer(b"".join([frame for p in parts for frame in p[0]]), dtype=np.uint8)
         # interface names: iface_index points into a per-chunk tuple of names
         unknown = [int(i) for i in np.unique(ifindex) if int(i) not in self.ifaces]
         if unknown:

@@ -37,7 +37,9 @@ BPF_TCX_INGRESS = 46
 BPF_TCX_EGRESS = 47
 SYS_BPF = 321  # x86_64
 META = struct.Struct("<QIIIB3x")  # ts, ifindex, len, cap, dir
-MAX_SNAPLEN = 65535  # what one perf sample can carry; longer frames are truncated to it
+MAX_SNAPLEN = 65535
+GATHER_S = 0.05  # how long read() keeps collecting samples into one chunk
+GATHER_MAX = 20000  # what one perf sample can carry; longer frames are truncated to it
 
 PROGRAM = r"""
 #include <uapi/linux/bpf.h>
@@ -266,14 +268,11 @@ class EbpfCapture:
                 self._detach(iface.name)
                 self._attach(iface)
         self._bpf.perf_buffer_poll(int(timeout * 1000))
-        # drain whatever else is ready without waiting (bounded, so a flood still yields chunks)
-        for _ in range(8):
-            if len(self._samples) >= 20000:
-                break
-            before = len(self._samples)
-            self._bpf.perf_buffer_poll(0)
-            if len(self._samples) == before:
-                break
+        # Gather for a few tens of milliseconds: one perf poll returns a handful of samples, and a chunk per
+        # handful would cost more in per-chunk work than the frames themselves.
+        until = time.monotonic() + GATHER_S
+        while len(self._samples) < GATHER_MAX and time.monotonic() < until:
+            self._bpf.perf_buffer_poll(5)
         if not self._samples:
             return None
         samples, self._samples = self._samples, []
@@ -281,11 +280,9 @@ class EbpfCapture:
 
     def _chunk(self, samples: list[bytes]) -> FrameChunk:
         n = len(samples)
-        raw = np.frombuffer(b"".join(samples), dtype=np.uint8)
-        sizes = np.fromiter((len(s) for s in samples), dtype=np.int64, count=n)
-        starts = np.zeros(n, dtype=np.int64)
-        np.cumsum(sizes[:-1], out=starts[1:])
-        head = raw[starts[:, None] + np.arange(META.size)].copy()  # (n, 24) header bytes
+        head = np.frombuffer(b"".join([s[: META.size] for s in samples]), dtype=np.uint8).reshape(
+            n, META.size
+        )
         ts = head[:, 0:8].copy().view("<u8").ravel().astype(np.int64) + self._offset_ns
         ifindex = head[:, 8:12].copy().view("<u4").ravel()
         origlen = head[:, 12:16].copy().view("<u4").ravel()
@@ -293,9 +290,13 @@ class EbpfCapture:
         direction = head[:, 20].copy()
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(caplen, out=offsets[1:])
-        frame_start = starts + META.size
-        gather = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(
-            offsets[:-1] - frame_start, caplen.astype(np.int64)
+        # the perf sample may carry alignment padding after the frame: cut each frame at its caplen
+        start = META.size
+        data = np.frombuffer(
+            b"".join(
+                [memoryview(s)[start : start + c] for s, c in zip(samples, caplen.tolist(), strict=True)]
+            ),
+            dtype=np.uint8,
         )
         uniq, inverse = np.unique(ifindex, return_inverse=True)
         names = tuple(self.ifaces[int(i)].name if int(i) in self.ifaces else f"if{int(i)}" for i in uniq)
@@ -309,7 +310,7 @@ class EbpfCapture:
             link_type=link_by_pos[inverse],
             iface_index=inverse.astype(np.uint32),
             direction=direction.astype(np.uint8),
-            data=raw[gather],
+            data=data,
             offsets=offsets,
             ifaces=names,
         )

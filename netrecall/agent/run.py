@@ -13,6 +13,8 @@ checkpoint (lost) before it replays the spool.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import fcntl
 import json
 import logging
@@ -55,9 +57,11 @@ class AgentConfig:
     spool_max_bytes: int = 1 << 30
     metrics_host: str = "0.0.0.0"
     metrics_port: int | None = None  # None: no endpoint; 0: any free port
-    batch_rows: int = 50_000
+    batch_rows: int = 20_000
     batch_seconds: float = 1.0
-    queue_chunks: int = 256
+    queue_chunks: int = 4096  # the byte bound below is the one that matters
+    queue_bytes: int = 4 << 20  # captured bytes waiting for decode; beyond it, user-space drops
+    batch_bytes: int = 4 << 20
     log_every_s: float = 5.0
     ring_mb: int = 8
     extra_exclude: list[str] = field(default_factory=list)  # more "ip:port" to keep out of the capture
@@ -75,6 +79,8 @@ class Agent:
         self.metrics_server: MetricsServer | None = None
         self._chunks: queue.Queue = queue.Queue(maxsize=config.queue_chunks)
         self._capture_error: BaseException | None = None
+        self._queued_bytes = 0
+        self._queued_lock = threading.Lock()
         self._lock_file: Any = None
         self.summary: dict[str, Any] = {}
 
@@ -205,15 +211,26 @@ class Agent:
         counts = _per_iface(chunk)
         self.metrics.add_counts("captured_packets", counts)
         self.metrics.add_counts("captured_bytes", _per_iface(chunk, chunk.origlen))
+        size = int(chunk.data.nbytes)
+        with self._queued_lock:
+            room = self._queued_bytes + size <= self.config.queue_bytes or self._queued_bytes == 0
+            if room:
+                self._queued_bytes += size
+        if not room:
+            self.metrics.add_counts("userspace_drops", counts)
+            return True
         try:
             self._chunks.put_nowait(chunk)
         except queue.Full:
+            with self._queued_lock:
+                self._queued_bytes -= size
             self.metrics.add_counts("userspace_drops", counts)
         return True
 
     # --- main loop -----------------------------------------------------------------------------------
     def run(self) -> int:
         cfg = self.config
+        _release_memory_promptly()
         spool_dir = Path(cfg.spool_dir)
         self._lock_spool(spool_dir)
         spool = Spool(spool_dir, cfg.spool_max_bytes)
@@ -223,7 +240,8 @@ class Agent:
             log.warning("%s", previous)
         self.summary["previous_run"] = previous or ""
         sink = open_sink(cfg.store_url, cfg.hub_url, cfg.token)
-        delivery = Delivery(sink, spool, self.metrics)
+        # two batches in flight at most; beyond that the sink is slow and batches wait on disk, not in memory
+        delivery = Delivery(sink, spool, self.metrics, queue_batches=2)
         delivery.start()
         try:
             self._open_identity()
@@ -250,7 +268,9 @@ class Agent:
         capture.start()
         from netrecall.ingest.decode import decode_frames
 
-        batcher = Batcher("packets", max_rows=cfg.batch_rows, max_age_s=cfg.batch_seconds)
+        batcher = Batcher(
+            "packets", max_rows=cfg.batch_rows, max_bytes=cfg.batch_bytes, max_age_s=cfg.batch_seconds
+        )
         source = f"agent:{cfg.node}"
         deadline = time.monotonic() + cfg.duration_s if cfg.duration_s else None
         next_log = time.monotonic() + cfg.log_every_s
@@ -266,7 +286,10 @@ class Agent:
             if chunk is None:
                 capture_done = True
             elif chunk is not False:
+                with self._queued_lock:
+                    self._queued_bytes -= int(chunk.data.nbytes)
                 batcher.add(decode_frames(chunk, node=cfg.node, source=source))
+                del chunk
             self.metrics.set_gauge("queue_chunks", self._chunks.qsize())
             batch = batcher.take(force=capture_done)
             if batch is not None:
@@ -278,6 +301,7 @@ class Agent:
             if now >= next_checkpoint:
                 self._kernel_counters()
                 self._checkpoint(state_path, clean=False)
+                _trim_memory()
                 next_checkpoint = now + 1.0
             if now >= next_log:
                 log.info("%s", self.metrics.log_line())
@@ -322,6 +346,25 @@ class Agent:
     def _kernel_counters(self) -> None:
         stats = self.backend.kernel_stats()
         self.metrics.set_kernel_drops({label: s.kernel_drops for label, s in stats.items()})
+
+
+def _release_memory_promptly() -> None:
+    """Arrow's default allocator keeps freed memory for reuse; the agent's buffers come and go every
+    second, so the system allocator (which hands large blocks back) keeps the footprint flat. glibc gets
+    two arenas (not one per thread, each holding its own free memory) and is trimmed every second."""
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    with contextlib.suppress(Exception):
+        _LIBC.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def _trim_memory() -> None:
+    with contextlib.suppress(Exception):
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = ctypes.CDLL(None)
 
 
 def _per_iface(chunk, values=None) -> dict[str, int]:

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         batch_rows: Annotated[
             int, typer.Option("--batch-rows", help="Flush a batch at this many packets")
-        ] = 50_000,
+        ] = 20_000,
         batch_seconds: Annotated[
             float, typer.Option("--batch-seconds", help="Flush a batch after this long")
         ] = 1.0,
