@@ -16,7 +16,7 @@ import gzip
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from netrecall.errors import NetrecallError
 
-CHUNK_BYTES = 4 << 20  # how much of the file one read takes; a chunk holds the records that end inside it
+CHUNK_BYTES = 8 << 20  # how much of the file one read takes; a chunk holds the records that end inside it
 MAX_CAPLEN = 262144  # libpcap/wiretap's largest standard snapshot length
 MAX_BLOCK = 16 << 20  # a pcapng block larger than this is damage, not data
 
@@ -35,15 +35,19 @@ PCAPNG_BOM = 0x1A2B3C4D
 GZIP_MAGIC = b"\x1f\x8b"
 
 DIRECTION_UNKNOWN, DIRECTION_IN, DIRECTION_OUT = 0, 1, 2
+Buffer = bytes | bytearray | np.ndarray  # what the parsers read: anything with the buffer protocol
 
 
 @dataclass
 class FrameChunk:
-    """A batch of captured frames: per-frame arrays plus all frame bytes in one contiguous buffer.
+    """A batch of captured frames: per-frame arrays plus the frame bytes in one buffer.
 
-    Frame i is `data[offsets[i]:offsets[i + 1]]` (its length is caplen[i]). `iface_index` points into
-    `ifaces` (interface names, '' when unknown). The live agent builds these from AF_PACKET/eBPF frames
-    with `FrameChunk.from_frames`.
+    Frame i is `data[offsets[i] : offsets[i] + caplen[i]]`. Offsets never decrease and frames never
+    overlap; gaps between frames are allowed (`offsets[i + 1] >= offsets[i] + caplen[i]`), so a file
+    reader hands out its own read buffer with the record headers still in place instead of copying
+    every frame. `offsets[n]` is where the last frame ends. A contiguous chunk (no gaps, as
+    `from_frames` builds) has `offsets[i + 1] == offsets[i] + caplen[i]`. `iface_index` points into
+    `ifaces` (interface names, '' when unknown).
     """
 
     ts_ns: np.ndarray  # int64, nanoseconds since the epoch
@@ -53,7 +57,7 @@ class FrameChunk:
     iface_index: np.ndarray  # uint32, index into `ifaces`
     direction: np.ndarray  # uint8: 0 unknown, 1 in, 2 out
     data: np.ndarray  # uint8, the frames back to back
-    offsets: np.ndarray  # int64, len n + 1
+    offsets: np.ndarray  # int64, len n + 1: where each frame starts, then where the last one ends
     ifaces: tuple[str, ...] = ("",)
     file_offsets: np.ndarray | None = None  # int64 byte offset of each record in the (decompressed) file
 
@@ -62,7 +66,21 @@ class FrameChunk:
 
     def frame(self, index: int) -> bytes:
         """One frame's bytes (for slow paths and tests, never the bulk path)."""
-        return self.data[self.offsets[index] : self.offsets[index + 1]].tobytes()
+        start = int(self.offsets[index])
+        return self.data[start : start + int(self.caplen[index])].tobytes()
+
+    @property
+    def contiguous(self) -> bool:
+        """Whether the frames sit back to back (what an Arrow binary column needs)."""
+        n = len(self.caplen)
+        return n == 0 or bool(np.array_equal(np.diff(self.offsets), np.asarray(self.caplen, dtype=np.int64)))
+
+    def compacted(self) -> FrameChunk:
+        """The same chunk with the frames copied back to back."""
+        if self.contiguous:
+            return self
+        data, offsets = compact_frames(self.data, np.asarray(self.offsets[:-1], np.int64), self.caplen)
+        return replace(self, data=data, offsets=offsets)
 
     @classmethod
     def from_frames(
@@ -226,11 +244,22 @@ class CaptureReader:
             if self._raw is not None:
                 self._raw.close()
 
-    def _fill(self, buf: bytes, pos: int, want: int) -> tuple[bytes, bool]:
-        """Keep buf[pos:] and read more; returns (new buffer, eof)."""
-        more = self._read(max(want, self.chunk_bytes))
+    def _fill(self, buf: Buffer, pos: int, want: int) -> tuple[Buffer, bool]:
+        """Keep buf[pos:] and read more into a new buffer; returns (new buffer, eof).
+
+        Every fill makes a new buffer: the chunks handed out earlier still point into the old one.
+        """
+        size = max(want, self.chunk_bytes)
         self._consumed += pos
-        return buf[pos:] + more, not more
+        if self.compressed:
+            more = self._read(size)
+            return buf[pos:] + more, not more
+        keep = len(buf) - pos
+        new = np.empty(keep + size, dtype=np.uint8)  # not zero-filled: the read overwrites it
+        new[:keep] = np.frombuffer(buf, dtype=np.uint8, offset=pos) if keep else new[:0]
+        got = self._stream.readinto(memoryview(new)[keep:])  # type: ignore[union-attr]
+        self._produced += got
+        return new[: keep + got], got == 0
 
     # --- pcap ------------------------------------------------------------------------------------------
     def _pcap_chunks(self, head: bytes, magic_le: int, magic_be: int) -> Iterator[FrameChunk]:
@@ -252,8 +281,8 @@ class CaptureReader:
         pos = 0
         last_sec = -1
         while True:
-            positions, pos, broken = _scan_pcap(buf, pos, record.unpack_from, max_caplen)
-            if positions:
+            positions, pos, broken = _scan_pcap(buf, pos, order, max_caplen)
+            if len(positions):
                 chunk = _pcap_chunk(buf, positions, dtype, nanos, link_type, self._consumed)
                 last_sec = int(chunk.ts_ns[-1] // 1_000_000_000)
                 self.records += len(positions)
@@ -271,10 +300,10 @@ class CaptureReader:
                 break
             buf, eof = self._fill(buf, pos, self.chunk_bytes)
             pos = 0
-            if eof and not buf:
+            if eof and not len(buf):
                 break
 
-    def _truncated_tail(self, buf: bytes, pos: int, record: struct.Struct) -> None:
+    def _truncated_tail(self, buf: Buffer, pos: int, record: struct.Struct) -> None:
         have = len(buf) - pos
         if have >= record.size:
             need = record.size + record.unpack_from(buf, pos)[2]
@@ -285,14 +314,14 @@ class CaptureReader:
 
     def _pcap_resync(
         self,
-        buf: bytes,
+        buf: Buffer,
         pos: int,
         eof: bool,
         record: struct.Struct,
         max_caplen: int,
         frac_limit: int,
         last_sec: int,
-    ) -> tuple[bool, bytes, int, bool]:
+    ) -> tuple[bool, Buffer, int, bool]:
         """After a broken header at buf[pos]: find the next plausible record, note the skipped bytes."""
         start = self._consumed + pos
         caplen = record.unpack_from(buf, pos)[2]
@@ -352,12 +381,12 @@ class CaptureReader:
             want = max(self.chunk_bytes, result.need)
             buf, eof = self._fill(buf, pos, want)
             pos = 0
-            if eof and not buf:
+            if eof and not len(buf):
                 break
 
     def _pcapng_resync(
-        self, buf: bytes, pos: int, eof: bool, state: _PcapngState, reason: str
-    ) -> tuple[bool, bytes, int, bool]:
+        self, buf: Buffer, pos: int, eof: bool, state: _PcapngState, reason: str
+    ) -> tuple[bool, Buffer, int, bool]:
         start = self._consumed + pos
         search = pos + 4
         while True:
@@ -387,27 +416,38 @@ class _EmptyStream:
 
 
 # --- pcap helpers --------------------------------------------------------------------------------------
-def _scan_pcap(buf: bytes, pos: int, unpack, max_caplen: int) -> tuple[list[int], int, bool]:
-    """Walk the record chain from pos: record starts, where it stopped, and whether a header was broken."""
+def _scan_pcap(buf: Buffer, pos: int, order: str, max_caplen: int) -> tuple[np.ndarray, int, bool]:
+    """Walk the record chain from pos: record starts, where it stopped, and whether a header was broken.
+
+    The loop is the one per-record Python step of a pcap import, so it only follows the chain; the
+    checks run vectorised afterwards (an absurd caplen sends the walk off the end, and is found there).
+    """
+    caplen_at = struct.Struct(order + "I").unpack_from
     positions: list[int] = []
     append = positions.append
-    end = len(buf)
-    while pos + 16 <= end:
-        caplen = unpack(buf, pos)[2]
-        if caplen > max_caplen:
-            return positions, pos, True
-        nxt = pos + 16 + caplen
-        if nxt > end:
-            break
+    limit = len(buf) - 16
+    start = pos
+    while pos <= limit:
         append(pos)
-        pos = nxt
-    return positions, pos, False
+        pos += 16 + caplen_at(buf, pos + 8)[0]
+    if not positions:
+        return np.zeros(0, dtype=np.int64), start, False
+    starts = np.asarray(positions, dtype=np.int64)
+    caplens = np.ndarray((len(buf) - 3,), dtype=order + "u4", buffer=buf, strides=(1,))[starts + 8].astype(
+        np.int64
+    )
+    bad = np.flatnonzero(caplens > max_caplen)
+    if bad.size:
+        first = int(bad[0])
+        return starts[:first], int(starts[first]), True
+    if starts[-1] + 16 + caplens[-1] > len(buf):  # the last record is not all in the buffer yet
+        return starts[:-1], int(starts[-1]), False
+    return starts, pos, False
 
 
 def _pcap_chunk(
-    buf: bytes, positions: list[int], dtype: np.dtype, nanos: bool, link_type: int, base: int
+    buf: Buffer, starts: np.ndarray, dtype: np.dtype, nanos: bool, link_type: int, base: int
 ) -> FrameChunk:
-    starts = np.asarray(positions, dtype=np.int64)
     raw = np.frombuffer(buf, dtype=np.uint8)
     headers = _gather_u32x4(raw, starts, dtype)
     sec = headers[:, 0].astype(np.int64)
@@ -415,7 +455,9 @@ def _pcap_chunk(
     ts_ns = sec * 1_000_000_000 + (frac if nanos else frac * 1000)
     caplen = headers[:, 2].astype(np.uint32)
     n = len(starts)
-    data, offsets = compact_frames(raw, starts + 16, caplen)
+    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets[:n] = starts + 16
+    offsets[n] = offsets[n - 1] + int(caplen[-1])
     return FrameChunk(
         ts_ns=ts_ns,
         caplen=caplen,
@@ -423,7 +465,7 @@ def _pcap_chunk(
         link_type=np.full(n, link_type, dtype=np.uint16),
         iface_index=np.zeros(n, dtype=np.uint32),
         direction=np.zeros(n, dtype=np.uint8),
-        data=data,
+        data=raw,  # the read buffer itself: frames stay where they are, headers in between
         offsets=offsets,
         file_offsets=starts + base,
     )
@@ -457,7 +499,7 @@ def compact_frames(raw: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
 
 
 def _plausible_pcap(
-    buf: bytes, pos: int, record: struct.Struct, max_caplen: int, frac_limit: int, last_sec: int
+    buf: Buffer, pos: int, record: struct.Struct, max_caplen: int, frac_limit: int, last_sec: int
 ) -> bool:
     sec, frac, caplen, origlen = record.unpack_from(buf, pos)
     if caplen > max_caplen or frac >= frac_limit or origlen > max(MAX_BLOCK, max_caplen) or caplen > origlen:
@@ -466,7 +508,7 @@ def _plausible_pcap(
 
 
 def _find_pcap_record(
-    buf: bytes, start: int, eof: bool, record: struct.Struct, max_caplen: int, frac_limit: int, last_sec: int
+    buf: Buffer, start: int, eof: bool, record: struct.Struct, max_caplen: int, frac_limit: int, last_sec: int
 ) -> tuple[int | None, int]:
     """The first position >= start holding a plausible record followed by another (or by the end of file).
 
@@ -525,7 +567,7 @@ class _PcapngScan:
         return len(self.epb) + len(self.other)
 
 
-def _scan_pcapng(buf: bytes, pos: int, state: _PcapngState) -> _PcapngScan:
+def _scan_pcapng(buf: Buffer, pos: int, state: _PcapngState) -> _PcapngScan:
     """Walk blocks from pos until the buffer ends, damage, or a new section (its byte order may differ)."""
     result = _PcapngScan(pos, [], [], {})
     epb = result.epb
@@ -592,7 +634,7 @@ def _scan_pcapng(buf: bytes, pos: int, state: _PcapngState) -> _PcapngScan:
     return result
 
 
-def _read_shb(buf: bytes, pos: int) -> tuple[str, int] | str | None:
+def _read_shb(buf: Buffer, pos: int) -> tuple[str, int] | str | None:
     if pos + 12 > len(buf):
         return None
     bom_le = struct.unpack_from("<I", buf, pos + 8)[0]
@@ -601,32 +643,32 @@ def _read_shb(buf: bytes, pos: int) -> tuple[str, int] | str | None:
     elif struct.unpack_from(">I", buf, pos + 8)[0] == PCAPNG_BOM:
         order = ">"
     else:
-        return f"section header has byte-order magic {buf[pos + 8 : pos + 12].hex()}"
+        return f"section header has byte-order magic {bytes(buf[pos + 8 : pos + 12]).hex()}"
     blen = struct.unpack_from(order + "I", buf, pos + 4)[0]
     if blen < 28 or blen % 4 or blen > MAX_BLOCK:
         return f"section header block length {blen}"
     return order, blen
 
 
-def _options(buf: bytes, pos: int, end: int, order: str) -> Iterator[tuple[int, bytes]]:
+def _options(buf: Buffer, pos: int, end: int, order: str) -> Iterator[tuple[int, bytes]]:
     head = struct.Struct(order + "HH")
     while pos + 4 <= end:
         code, length = head.unpack_from(buf, pos)
         if code == 0:
             return
-        value = buf[pos + 4 : pos + 4 + length]
+        value = bytes(buf[pos + 4 : pos + 4 + length])
         yield code, value
         pos += 4 + ((length + 3) & ~3)
 
 
-def _option_u32(buf: bytes, pos: int, end: int, order: str, wanted: int) -> int | None:
+def _option_u32(buf: Buffer, pos: int, end: int, order: str, wanted: int) -> int | None:
     for code, value in _options(buf, pos, end, order):
         if code == wanted and len(value) >= 4:
             return struct.unpack(order + "I", value[:4])[0]
     return None
 
 
-def _read_idb(buf: bytes, pos: int, blen: int, order: str, state: _PcapngState) -> None:
+def _read_idb(buf: Buffer, pos: int, blen: int, order: str, state: _PcapngState) -> None:
     link_type, _, snaplen = struct.unpack_from(order + "HHI", buf, pos + 8)
     iface = _Interface(link_type=link_type, snaplen=snaplen, name=f"if{len(state.interfaces)}")
     for code, value in _options(buf, pos + 16, pos + blen - 4, order):
@@ -646,7 +688,7 @@ def _read_idb(buf: bytes, pos: int, blen: int, order: str, state: _PcapngState) 
 
 
 def _read_slow_packet(
-    buf: bytes, pos: int, btype: int, blen: int, order: str, state: _PcapngState, result: _PcapngScan
+    buf: Buffer, pos: int, btype: int, blen: int, order: str, state: _PcapngState, result: _PcapngScan
 ) -> str:
     """Simple Packet Blocks and the obsolete Packet Block: rare, so one Python tuple each."""
     if btype == 3:  # SPB: original length, then data; caplen bounded by the block and interface 0's snaplen
@@ -673,7 +715,7 @@ def _to_ns(ts: int, iface: _Interface) -> int:
     return ts * iface.mul // iface.div + iface.offset_ns
 
 
-def _pcapng_chunk(buf: bytes, scan: _PcapngScan, state: _PcapngState, base: int) -> FrameChunk:
+def _pcapng_chunk(buf: Buffer, scan: _PcapngScan, state: _PcapngState, base: int) -> FrameChunk:
     raw = np.frombuffer(buf, dtype=np.uint8)
     order = state.order
     n_ifaces = len(state.interfaces)
@@ -713,7 +755,7 @@ def _pcapng_chunk(buf: bytes, scan: _PcapngScan, state: _PcapngState, base: int)
     link_types = np.array([i.link_type for i in state.interfaces] + [0xFFFF], dtype=np.uint16)
     # A packet naming an interface that was never described keeps link type 0xFFFF: stored raw, undecoded.
     safe_iface = np.where((iface >= 0) & (iface < n_ifaces), iface, n_ifaces)
-    data, offsets = compact_frames(raw, starts, caplen)
+    offsets = np.append(starts, starts[-1] + caplen[-1].astype(np.int64))
     names = (*(i.name for i in state.interfaces), "")
     return FrameChunk(
         ts_ns=ts_ns,
@@ -722,7 +764,7 @@ def _pcapng_chunk(buf: bytes, scan: _PcapngScan, state: _PcapngState, base: int)
         link_type=link_types[safe_iface],
         iface_index=safe_iface.astype(np.uint32),
         direction=direction,
-        data=data,
+        data=raw,
         offsets=offsets,
         ifaces=names,
         file_offsets=file_offsets + base,
@@ -743,7 +785,7 @@ def _ts_to_ns(ts: np.ndarray, iface: _Interface) -> np.ndarray:
     return out + np.int64(iface.offset_ns)
 
 
-def _find_pcapng_block(buf: bytes, start: int, eof: bool, state: _PcapngState) -> tuple[int | None, int]:
+def _find_pcapng_block(buf: Buffer, start: int, eof: bool, state: _PcapngState) -> tuple[int | None, int]:
     """The next 4-aligned-looking block whose length matches its trailer and is a known block type."""
     order = state.order or "<"
     head = struct.Struct(order + "II")

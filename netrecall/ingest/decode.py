@@ -82,10 +82,11 @@ class _Frames:
     """Masked big-endian reads at per-frame offsets into one padded frame buffer."""
 
     def __init__(self, chunk: FrameChunk) -> None:
-        data = np.ascontiguousarray(chunk.data, dtype=np.uint8)
-        padded = np.zeros(len(data) + PAD, dtype=np.uint8)
-        padded[: len(data)] = data
-        self.limit = len(data)  # any start beyond this is clamped (its value is masked out anyway)
+        padded = np.ascontiguousarray(chunk.data, dtype=np.uint8)
+        if len(padded) < PAD:
+            padded = np.concatenate([padded, np.zeros(PAD, dtype=np.uint8)])
+        # Reads past a frame's end are masked out by has(); clamping keeps them inside the buffer.
+        self.limit = len(padded) - 16
         self.start = np.asarray(chunk.offsets[:-1], dtype=np.int64)
         self.caplen = np.asarray(chunk.caplen, dtype=np.int64)
         self.u8 = padded
@@ -182,8 +183,13 @@ def _link_layer(frames: _Frames, link_type: np.ndarray, direction: np.ndarray):
     return l3, proto, vlan, direction
 
 
-def decode_frames(chunk: FrameChunk, node: str = "", source: str = "") -> pa.Table:
-    """The `packets` columns for every frame of the chunk (schema PACKET_ARROW_SCHEMA)."""
+def decode_frames(chunk: FrameChunk, node: str = "", source: str = "", exact_data: bool = True) -> pa.Table:
+    """The `packets` columns for every frame of the chunk (schema PACKET_ARROW_SCHEMA).
+
+    With exact_data=False a chunk with gaps between frames is not compacted: `data` then holds each
+    frame followed by the gap after it, and the caller must trim it to `caplen` (the chDB import does
+    that in the engine with substring(), which is far cheaper than a copy per frame here).
+    """
     n = len(chunk)
     frames = _Frames(chunk)
     caplen = frames.caplen
@@ -282,7 +288,7 @@ def decode_frames(chunk: FrameChunk, node: str = "", source: str = "") -> pa.Tab
         pa.array(tcp_ack.astype(np.uint32)),
         pa.array(payload_offset.astype(np.uint16)),
         pa.array(payload_len.astype(np.uint32)),
-        binary_column(chunk.data, chunk.offsets),
+        _data_column(chunk, exact_data),
     ]
     return pa.Table.from_arrays(columns, schema=PACKET_ARROW_SCHEMA)
 
@@ -324,6 +330,12 @@ def _iface_column(chunk: FrameChunk, n: int) -> pa.Array:
     if len(names) == 1:
         return pa.repeat(pa.scalar(names[0], pa.string()), n)
     return pa.array(names, pa.string()).take(pa.array(np.asarray(chunk.iface_index, dtype=np.int64)))
+
+
+def _data_column(chunk: FrameChunk, exact: bool) -> pa.Array:
+    if exact and not chunk.contiguous:
+        chunk = chunk.compacted()
+    return binary_column(chunk.data, chunk.offsets)
 
 
 def binary_column(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
