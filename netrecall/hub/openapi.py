@@ -39,7 +39,7 @@ def _ok(
     description: str,
     schema: dict[str, Any] | None = None,
     status: str = "200",
-    errors: tuple[str, ...] = ("400",),
+    errors: tuple[str, ...] = ("400", "404"),
 ) -> dict[str, Any]:
     responses: dict[str, Any] = {
         status: {"description": description, "content": {"application/json": {"schema": schema or _OBJECT}}},
@@ -162,7 +162,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": _json_body(
                     {"sql": {"type": "string"}, "max_rows": {"type": "integer", "minimum": 1}}, ["sql"]
                 ),
-                "responses": _ok("rows", errors=("400", "413")),
+                "responses": _ok("rows", errors=("400", "404", "413")),
             }
         },
         "/api/workloads": _get(
@@ -212,7 +212,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                     ["name"],
                 ),
-                "responses": _ok("created", status="201", errors=("400", "413")),
+                "responses": _ok("created", status="201", errors=("400", "404", "413")),
             },
         },
         "/api/snapshots/{name}": {
@@ -243,7 +243,7 @@ def openapi_document() -> dict[str, Any]:
                         "snapshot": {"type": "string"},
                     }
                 ),
-                "responses": _ok("started", status="202", errors=("400", "413")),
+                "responses": _ok("started", status="202", errors=("400", "404", "413")),
             },
         },
         "/api/dissect/{job}": _get("One dissection job", [_path("job", "Job id")], errors=("400", "404")),
@@ -280,6 +280,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                     "400": _ERROR,
                     "401": _ERROR,
+                    "404": _ERROR,
                     "413": _ERROR,
                 },
             }

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError
+from sqlglot.errors import ParseError, TokenError
 
 from netrecall.errors import NetrecallError
 from netrecall.store import Store, clickhouse_errors
@@ -180,7 +180,7 @@ def check_readonly(sql: str) -> str:
     try:
         with _quiet_sqlglot():
             statements = [s for s in sqlglot.parse(text, read="clickhouse") if s is not None]
-    except ParseError as exc:
+    except (ParseError, TokenError) as exc:  # TokenError: e.g. an unclosed $ quote ('$re')
         raise _refuse(f"a statement the guard cannot parse ({str(exc).splitlines()[0][:120]})") from None
     if len(statements) != 1:
         raise _refuse("multiple statements")
