@@ -21,7 +21,7 @@ from netrecall.dissect.writer import dedupe, enrich, write_calls
 from netrecall.errors import NetrecallError
 from netrecall.store import Store
 
-DEFAULT_CHUNK_PACKETS = 250_000
+DEFAULT_CHUNK_PACKETS = 100_000
 MAX_LOOKBACK_NS = 600 * 1_000_000_000  # a watermark never holds back more than this behind the range's end
 
 
@@ -123,7 +123,7 @@ def dissect(
             return
         ctx.calls = []
         lookup = None
-        if enriched or not only_node:
+        if enriched or len(nodes) > 1:
             lo, hi = (piece[0], piece[1]) if piece else (since_ns, until_ns)
             lo = min(lo, min(c["ts"] for c in calls))
             lookup = source.endpoints(store, lo, hi)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from netrecall.dissect.calls import Call
 from netrecall.schema.tables import API_CALLS
@@ -54,23 +55,30 @@ COLUMN_TYPES = {
 }
 
 
+STRUCT = pa.struct([(name, arrow_type) for name, (arrow_type, _) in COLUMN_TYPES.items()])
+_SCALAR_EMPTY = {
+    name: pa.scalar(empty, arrow_type)
+    for name, (arrow_type, empty) in COLUMN_TYPES.items()
+    if not isinstance(arrow_type, pa.MapType | pa.ListType) and not pa.types.is_timestamp(arrow_type)
+}
+
+
 def calls_to_arrow(calls: list[Call], extra: dict[str, Any] | None = None) -> pa.Table:
-    """Columns any call set, plus `extra` constants (a snapshot name); the rest take their DEFAULT."""
-    present: set[str] = set()
-    for call in calls:
-        present.update(call)
-    arrays, names = [], []
+    """The calls as one Arrow table: converted in Arrow's C++ (dicts -> struct array), absent values filled
+    with the column's empty value, columns no call set dropped so they take their DEFAULT."""
+    table = pa.Table.from_struct_array(pa.array(calls, STRUCT))
+    names, arrays = [], []
     for name, value in (extra or {}).items():
         names.append(name)
         arrays.append(pa.array([value] * len(calls), pa.string()))
-    for name, (arrow_type, empty) in COLUMN_TYPES.items():
-        if name not in present:
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        nulls = column.null_count
+        if nulls == len(column):
             continue
-        values = [call.get(name, empty) for call in calls]
-        if isinstance(arrow_type, pa.MapType):
-            values = [list(v.items()) for v in values]
+        if nulls and name in _SCALAR_EMPTY:
+            column = pc.fill_null(column, _SCALAR_EMPTY[name])
         names.append(name)
-        arrays.append(pa.array(values, arrow_type))
+        arrays.append(column)
     return pa.table(arrays, names=names)
 
 

@@ -34,6 +34,7 @@ _METHOD_ALT = b"|".join(re.escape(m) for m in sorted(METHODS, key=len, reverse=T
 _REQUEST_START = re.compile(rb"(?:" + _METHOD_ALT + rb") [^ \r\n]+ HTTP/1\.[01]\r?\n")
 _RESPONSE_START = re.compile(rb"HTTP/1\.[01] \d{3}[ \r\n]")
 _TOKEN = re.compile(r"[A-Z][A-Z_-]*\Z")
+_HEADER_LINE = re.compile(r"([^:\r\n \t][^:\r\n]*):[ \t]*([^\r\n]*?)[ \t]*\r\n")
 MAX_HEAD = 64 * 1024  # a header block longer than this is not HTTP
 MIDSTREAM_SCAN = 64 * 1024  # how far into a mid-connection capture to look for a first message
 RESYNC_TAIL = 32  # bytes kept when a resync search fails: a message start may straddle the boundary
@@ -48,7 +49,6 @@ class Message:
     __slots__ = (
         "body",
         "body_size",
-        "first_line",
         "headers",
         "last_ts",
         "lower",
@@ -73,10 +73,9 @@ class Message:
         self.status = 0
         self.reason = ""
         self.headers: dict[str, str] = {}
-        self.lower: dict[str, str] = {}
-        self.body = bytearray()
+        self.lower: dict[str, str] = self.headers
+        self.body = b""  # becomes a bytearray when body bytes arrive
         self.body_size = 0
-        self.first_line = ""
 
 
 class _Direction:
@@ -268,13 +267,16 @@ class HttpSession:
             if len(buf) - pos > MAX_HEAD:
                 raise ParseError("header block too long")
             return None
-        lines = bytes(buf[pos:end]).decode("latin-1").split("\n")
+        # decoded with the terminating CRLF so every header line ends in one (the regex needs it)
+        text = buf[pos : end + 2].decode("latin-1")
+        if sep == 2:
+            text = text.replace("\r\n", "\n").replace("\n", "\r\n")
+        eol = text.find("\r\n")
+        first = text[:eol]
         half = d.half
         offset = half.base + pos
         msg = Message(half.ts_at(offset), half.seq_at(offset), d.skipped)
         d.skipped = False
-        first = lines[0].rstrip("\r")
-        msg.first_line = first
         if d.is_request:
             method, _, rest = first.partition(" ")
             target, _, version = rest.rpartition(" ")
@@ -287,28 +289,15 @@ class HttpSession:
             if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit():
                 raise ParseError(f"bad status line {first[:60]!r}")
             msg.version, msg.status, msg.reason = version, int(code), reason.strip()
-        headers = msg.headers
-        lower = msg.lower
-        name = ""
-        for raw in lines[1:]:
-            line = raw.rstrip("\r")
-            if not line:
-                continue
-            if line[0] in " \t" and name:  # obsolete line folding continues the previous header
-                headers[name] += " " + line.strip()
-                lower[name.lower()] = headers[name]
-                continue
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise ParseError(f"header line without a colon {line[:60]!r}")
-            name = name.strip()
-            value = value.strip()
-            if name in headers:
-                headers[name] += ", " + value
-            else:
-                headers[name] = value
-            key = name.lower()
-            lower[key] = lower[key] + ", " + value if key in lower else value
+        # The header lines in one C-level pass; the careful loop only when something is unusual
+        # (a line without a colon, a repeated name, obsolete line folding).
+        pairs = _HEADER_LINE.findall(text, eol + 2)
+        headers = dict(pairs)
+        if len(headers) != len(pairs) or len(pairs) != text.count("\r\n") - 1:
+            headers = _headers_slowly(text[eol + 2 :])
+        msg.headers = headers
+        # lower-cased names for the framing lookups (the stored headers keep the sender's case)
+        msg.lower = dict(zip(map(str.lower, headers), headers.values(), strict=True))
         d.msg = msg
         self._frame(d, msg)
         if d.state == HEAD:  # no body
@@ -347,6 +336,8 @@ class HttpSession:
         assert msg is not None
         room = self.body_limit - len(msg.body)
         if room > 0:
+            if not msg.body:
+                msg.body = bytearray()
             msg.body += buf[pos : pos + (take if take <= room else room)]
         msg.body_size += take
         msg.last_ts = d.half.ts_at(d.half.base + pos + take - 1)
@@ -471,6 +462,27 @@ def _decoded(msg: Message, limit: int) -> tuple[bytes, bool]:
         # more output than the limit, or input left over, means the stored copy is cut
         return out, truncated or bool(inflater.unconsumed_tail)
     return raw, truncated
+
+
+def _headers_slowly(block: str) -> dict[str, str]:
+    """Header lines one by one: repeated names joined with ', ', folded lines appended, errors raised."""
+    headers: dict[str, str] = {}
+    name = ""
+    for line in block.split("\r\n"):
+        lead = line[:1]
+        if lead == " " or lead == "\t":  # obsolete line folding continues the previous header
+            if name:
+                headers[name] += " " + line.strip()
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            if not line:
+                continue
+            raise ParseError(f"header line without a colon {line[:60]!r}")
+        name = name.strip()
+        value = value.strip()
+        headers[name] = headers[name] + ", " + value if name in headers else value
+    return headers
 
 
 # --- detection -----------------------------------------------------------------------------------------
