@@ -129,3 +129,93 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_auto_backend_says_which_it_took_and_why(lab: NetLab, tmp_path: Path) -> None:
+    base = ["--iface", "lo", "--backend", "auto", "--duration", "1", "--store", f"chdb://{tmp_path}/store"]
+    if _bcc_available():
+        took = Proc(agent_cmd(*base, "--spool-dir", str(tmp_path / "s1"), prefix=lab.node()))
+        assert (
+            "eBPF" in took.wait_for("capturing with", 120) and "auto: the eBPF program loaded" in took.text()
+        )
+        assert took.stop() == 0
+    # a kernel tree without headers: the eBPF program cannot compile, auto falls back and says why
+    broken = Proc(
+        agent_cmd(*base, "--spool-dir", str(tmp_path / "s2"), prefix=lab.node()),
+        env={"BCC_KERNEL_SOURCE": str(tmp_path / "no-headers")},
+    )
+    line = broken.wait_for("capturing with", 120)
+    assert "AF_PACKET" in line and "auto: eBPF unavailable" in line, line
+    assert broken.stop() == 0
+
+
+def test_inventory_identity_and_prometheus_metrics(lab: NetLab, tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    a, b = lab.pods["a"], lab.pods["b"]
+    inventory = tmp_path / "pods.json"
+    pods = [
+        {
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": "shop",
+                "labels": {"app": name},
+                "creationTimestamp": "2020-01-01T00:00:00Z",
+            },
+            "spec": {"nodeName": "node-1"},
+            "status": {"phase": "Running", "podIP": pod.ip},
+        }
+        for name, pod in (("client", a), ("web", b))
+    ]
+    inventory.write_text(json.dumps({"kind": "List", "items": pods}))
+    store = f"chdb://{tmp_path}/store"
+    agent = Proc(
+        agent_cmd(
+            "--iface",
+            a.host_veth,
+            "--backend",
+            "afpacket",
+            "--inventory",
+            str(inventory),
+            "--store",
+            store,
+            "--metrics-port",
+            "0",
+            "--spool-dir",
+            str(tmp_path / "spool"),
+            prefix=lab.node(),
+        )
+    )
+    agent.wait_for("capturing with", 120)
+    port = int(agent.wait_for("metrics on", 30).rsplit(":", 1)[1].split("/")[0])
+    http_traffic(lab.in_pod("a"), f"http://{b.ip}:8080/", 5)
+    time.sleep(1.5)
+    text = urllib.request.urlopen(f"http://{lab.uplink_node_ip}:{port}/metrics", timeout=5).read().decode()
+    captured = [
+        line
+        for line in text.splitlines()
+        if line.startswith(f'netrecall_agent_captured_packets_total{{iface="{a.host_veth}"}}')
+    ]
+    assert captured and int(captured[0].split()[-1]) > 0, text
+    for name in (
+        "kernel_drops",
+        "userspace_drops",
+        "spooled_packets",
+        "replayed_packets",
+        "inserted_packets",
+    ):
+        assert f"# TYPE netrecall_agent_{name}_total counter" in text
+    assert agent.stop() == 0
+    table = dump_store(
+        f"{store}?database=netrecall",
+        f"SELECT src_pod, dst_pod, src_namespace FROM packets WHERE src_ip = toIPv6('::ffff:{a.ip}')"
+        f" AND dst_ip = toIPv6('::ffff:{b.ip}')",
+        tmp_path / "t.arrow",
+    ).to_pylist()
+    assert table
+    assert {(r["src_pod"], r["dst_pod"], r["src_namespace"]) for r in table} in (
+        {(b"client", b"web", b"shop")},
+        {("client", "web", "shop")},
+    )
