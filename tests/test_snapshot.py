@@ -223,3 +223,18 @@ def test_damaged_file_is_refused_before_writing(store, store_url, tmp_path):
     with pytest.raises(NetrecallError, match="no snapshot named 'zzz'"):
         export_snapshot(store, "zzz", tmp_path / "z.zip")
     assert not (tmp_path / "z.zip").exists()
+
+
+def test_export_and_snapshot_file_on_both_backends(any_store, tmp_path):
+    """The same export and snapshot round trip, embedded and over HTTP (raw Native streams both ways)."""
+    load(any_store, HTTP)
+    create_snapshot(any_store, "both", *WHOLE, allow_partial=True)
+    first = export_pcap(any_store, tmp_path / "a.pcap", PacketFilters(snapshot="both", ports=[80]))
+    reference = export_pcap(any_store, tmp_path / "live.pcap", PacketFilters(ports=[80]))
+    assert Path(first.path).read_bytes() == Path(reference.path).read_bytes()
+    bundle = tmp_path / "both.zip"
+    export_snapshot(any_store, "both", bundle)
+    delete_snapshot(any_store, "both")
+    import_snapshot(any_store, bundle)
+    again = export_pcap(any_store, tmp_path / "b.pcap", PacketFilters(snapshot="both", ports=[80]))
+    assert Path(again.path).read_bytes() == Path(first.path).read_bytes()
