@@ -219,3 +219,44 @@ def test_inventory_identity_and_prometheus_metrics(lab: NetLab, tmp_path: Path) 
         {(b"client", b"web", b"shop")},
         {("client", "web", "shop")},
     )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_follows_pod_veths_as_they_come_and_go(lab: NetLab, backend: str, tmp_path: Path) -> None:
+    store = f"chdb://{tmp_path}/store"
+    agent = Proc(
+        agent_cmd(
+            "--iface",
+            f"veth*{lab.tag}",
+            "--backend",
+            backend,
+            "--store",
+            store,
+            "--spool-dir",
+            str(tmp_path / "spool"),
+            prefix=lab.node(),
+        )
+    )
+    agent.wait_for("capturing with", 120)
+    pod = lab.add_pod("c", 12)  # a new pod after the agent started
+    try:
+        dump = start_tcpdump(lab.node(), pod.host_veth, tmp_path / "c.pcap")
+        time.sleep(0.5)
+        http_traffic(lab.in_pod("c"), f"http://{lab.pods['b'].ip}:8080/", 10)
+        time.sleep(1.0)
+        dump.stop(subprocess.signal.SIGINT)
+    finally:
+        lab.remove_pod("c")  # and gone again: the agent detaches and goes on
+    time.sleep(0.5)
+    http_traffic(lab.in_pod("a"), f"http://{lab.pods['b'].ip}:8080/", 2)
+    time.sleep(1.0)
+    assert agent.stop() == 0, agent.text()
+    expected = pcap_frames(tmp_path / "c.pcap", pod.host_veth)
+    table = dump_store(f"{store}?database=netrecall", "SELECT iface, data FROM packets", tmp_path / "s.arrow")
+    got = stored_frames(table)
+    on_c = Counter({k: v for k, v in got.items() if k[0] == pod.host_veth})
+    assert sum(expected.values()) > 50
+    assert on_c == expected, (
+        f"missing {sum((expected - on_c).values())}, extra {sum((on_c - expected).values())}"
+    )
+    assert any(k[0] == lab.pods["a"].host_veth for k in got), "capture stopped after the pod went away"
