@@ -200,7 +200,8 @@ def _write_packets(
     # Ties on the very same nanosecond: flow, then the order within the part, which keeps a flow's
     # packets in capture order (the table keeps no capture sequence number across flows).
     sql = (
-        f"SELECT toUnixTimestamp64Nano(ts) AS ts_ns, node, iface, link_type, origlen, data{extra} "
+        f"SELECT toUnixTimestamp64Nano(ts) AS ts_ns, node, iface, link_type, toUInt8(direction) AS dir, "
+        f"origlen, data{extra} "
         f"FROM {selection.table} WHERE {selection.where} "
         "AND ts >= fromUnixTimestamp64Nano({c_lo:Int64}) AND ts < fromUnixTimestamp64Nano({c_hi:Int64}) "
         "ORDER BY ts, flow_id, _part_offset"
@@ -237,10 +238,11 @@ def _write_batch(
         for ts_ns, frame, origlen in zip(ts_list, data_list, orig_list, strict=True):
             pcap.write(ts_ns, frame, origlen)
     elif pcapng is not None:
-        ifaces, links = columns["iface"], columns["link_type"]
+        ifaces, links, directions = columns["iface"], columns["link_type"], columns["dir"]
         for i, (ts_ns, frame, origlen) in enumerate(zip(ts_list, data_list, orig_list, strict=True)):
             interface = pcapng.interface(nodes[i], _text(ifaces[i]), links[i])
-            pcapng.write(interface, ts_ns, frame, origlen, _comment(columns, i) if annotate else "")
+            comment = _comment(columns, i) if annotate else ""
+            pcapng.write(interface, ts_ns, frame, origlen, comment, directions[i])
     if ts_list:
         stats["first"] = ts_list[0] if stats["first"] is None else stats["first"]
         stats["last"] = ts_list[-1]

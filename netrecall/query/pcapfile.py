@@ -32,6 +32,7 @@ _SHB_USERAPPL = 4
 _IF_NAME = 2
 _IF_DESCRIPTION = 3
 _IF_TSRESOL = 9
+_EPB_FLAGS = 2  # bits 0-1: 01 inbound, 10 outbound
 _EPB_HEAD = struct.Struct("<IIIIIII")  # type, total length, interface, ts high, ts low, caplen, origlen
 
 
@@ -100,10 +101,20 @@ class PcapngWriter:
         return index
 
     def write(
-        self, interface: int, ts_ns: int, frame: bytes | memoryview, origlen: int, comment: str = ""
+        self,
+        interface: int,
+        ts_ns: int,
+        frame: bytes | memoryview,
+        origlen: int,
+        comment: str = "",
+        direction: int = 0,
     ) -> None:
+        """One packet; `direction` 1 inbound / 2 outbound goes into epb_flags (0: unknown, no option)."""
         caplen = len(frame)
-        options = _options([(_OPT_COMMENT, comment.encode())]) if comment else b""
+        pairs = [(_EPB_FLAGS, struct.pack("<I", direction & 0x3))] if direction in (1, 2) else []
+        if comment:
+            pairs.append((_OPT_COMMENT, comment.encode()))
+        options = _options(pairs)
         total = 32 + caplen + _pad4(caplen) + len(options)
         high, low = (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF
         self.out.write(_EPB_HEAD.pack(_EPB, total, interface, high, low, caplen, origlen))
