@@ -1,6 +1,10 @@
 """eBPF capture with bcc: a TC classifier on ingress and egress of each interface, frames to user space
 through a perf buffer.
 
+bcc compiles the program in a short-lived helper process (netrecall.agent.ebpf_compile) that hands the
+loaded programs and maps over as file descriptors: the agent itself never loads clang/LLVM (that costs
+well over 100 MB that is never given back), and reads the perf rings in plain Python (perfbuf.py).
+
 The classifier copies each packet's first `snaplen` bytes into the perf buffer with a small header
 (kernel time, ifindex, length on the wire, bytes copied, direction) via `perf_submit_skb`, and always
 lets the packet through (TC_ACT_OK). The agent's own sink traffic is skipped in the kernel. Programs are
@@ -17,9 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import select
+import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +36,7 @@ import numpy as np
 from netrecall.agent.capture_afpacket import SocketStats
 from netrecall.agent.exclude import Endpoint
 from netrecall.agent.ifaces import Interface, InterfaceWatcher, is_glob, parse_spec
+from netrecall.agent.perfbuf import PerfReader, map_update
 from netrecall.errors import NetrecallError
 from netrecall.ingest.capture_file import FrameChunk
 
@@ -157,8 +166,9 @@ class EbpfCapture:
         self.ifaces: dict[int, Interface] = {}
         self.links: dict[str, list[int]] = {}
         self.lost = 0
-        self._samples: list[bytes] = []
-        self._bpf = None
+        self._perf: PerfReader | None = None
+        self._owned_fds: list[int] = []
+        self._prog_in = self._prog_out = self._l2len_map = -1
         self._watcher: InterfaceWatcher | None = None
         self._offset_ns = 0
         self._offset_at = 0.0
@@ -168,24 +178,21 @@ class EbpfCapture:
         if os.geteuid() != 0:
             raise NetrecallError("eBPF capture needs root (CAP_BPF and CAP_NET_ADMIN)")
         _kernel_headers()
-        try:
-            from bcc import BPF
-        except ImportError:
-            raise NetrecallError(
-                "eBPF capture needs bcc (Debian python3-bpfcc; `make test` links it into the venv)"
-            ) from None
         code = _exclusion_code(self.exclude)
         cflags = [f"-DSNAPLEN={self.snaplen}", f"-DEXCLUDE={1 if code else 0}", f"-DEXCLUDE_V4={code or ';'}"]
+        self._prog_in, self._prog_out, frames_map, self._l2len_map = _compile(PROGRAM, cflags)
+        self._owned_fds = [self._prog_in, self._prog_out, frames_map, self._l2len_map]
         try:
-            bpf = BPF(text=PROGRAM, cflags=cflags)
-            self._ingress = bpf.load_func("nr_ingress", BPF.SCHED_CLS)
-            self._egress = bpf.load_func("nr_egress", BPF.SCHED_CLS)
-        except Exception as exc:
-            raise NetrecallError(f"the eBPF program did not load: {_first_line(exc)}") from None
-        self._bpf = bpf
-        bpf["frames"].open_perf_buffer(self._on_sample, page_cnt=self.page_cnt, lost_cb=self._on_lost)
+            self._perf = PerfReader(frames_map, pages=self.page_cnt)
+        except OSError as exc:
+            self.close()
+            raise NetrecallError(f"eBPF perf buffer: {exc.strerror or exc}") from None
+        self._poll = select.poll()
+        for fd in self._perf.fds():
+            self._poll.register(fd, select.POLLIN)
         self._sync_clock()
         self._watcher = InterfaceWatcher(self.patterns)
+        self._poll.register(self._watcher.fileno(), select.POLLIN)
         if not self._watcher.current and not is_glob(self.patterns):
             self.close()
             raise NetrecallError(f"no interface named {self.spec!r} here (see `ip link`)")
@@ -198,17 +205,19 @@ class EbpfCapture:
         return f"TC classifier (TCX) + perf buffer on {attached} ({self.spec})"
 
     def _attach(self, iface: Interface) -> None:
-        assert self._bpf is not None
         self.ifaces[iface.index] = iface
         l2 = 0 if iface.link_type != 1 else 14
-        self._bpf["l2len"][ctypes.c_uint32(iface.index)] = ctypes.c_uint32(l2)
-        hooks = [(self._ingress, BPF_TCX_INGRESS)]
+        try:
+            map_update(self._l2len_map, struct.pack("<I", iface.index), struct.pack("<I", l2))
+        except OSError as exc:
+            raise NetrecallError(f"eBPF map update: {exc.strerror}") from None
+        hooks = [(self._prog_in, BPF_TCX_INGRESS)]
         if not iface.is_loopback:
-            hooks.append((self._egress, BPF_TCX_EGRESS))
+            hooks.append((self._prog_out, BPF_TCX_EGRESS))
         fds = []
         try:
-            for func, attach_type in hooks:
-                fds.append(_tcx_link(func.fd, iface.index, attach_type))
+            for prog_fd, attach_type in hooks:
+                fds.append(_tcx_link(prog_fd, iface.index, attach_type))
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
@@ -230,18 +239,15 @@ class EbpfCapture:
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
-        if self._bpf is not None:
-            with contextlib.suppress(Exception):
-                self._bpf.cleanup()
-            self._bpf = None
+        if self._perf is not None:
+            self._perf.close()
+            self._perf = None
+        for fd in self._owned_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._owned_fds = []
 
     # --- reading -------------------------------------------------------------------------------------
-    def _on_sample(self, cpu: int, data: int, size: int) -> None:
-        self._samples.append(ctypes.string_at(data, size))
-
-    def _on_lost(self, count: int) -> None:
-        self.lost += count
-
     def _sync_clock(self) -> None:
         # the smallest gap between two wall-clock reads around a monotonic read gives the best offset
         best = None
@@ -256,29 +262,33 @@ class EbpfCapture:
         self._offset_at = time.monotonic()
 
     def read(self, timeout: float) -> FrameChunk | None:
-        assert self._bpf is not None and self._watcher is not None
+        assert self._perf is not None and self._watcher is not None
         if time.monotonic() - self._offset_at > 5:
             self._sync_clock()
-        ready, _, _ = select.select([self._watcher], [], [], 0)
-        if ready:
+        ready = self._poll.poll(int(timeout * 1000))
+        if any(fd == self._watcher.fileno() for fd, _ in ready):
             added, removed = self._watcher.changes()
             for iface in removed:
                 self._detach(iface.name)
             for iface in added:
                 self._detach(iface.name)
                 self._attach(iface)
-        self._bpf.perf_buffer_poll(int(timeout * 1000))
-        # Gather for a few tens of milliseconds: one perf poll returns a handful of samples, and a chunk per
-        # handful would cost more in per-chunk work than the frames themselves.
+        # Gather for a few tens of milliseconds: rings are read whole, and a chunk per handful of frames
+        # would cost more in per-chunk work than the frames themselves.
+        samples: list[memoryview] = []
         until = time.monotonic() + GATHER_S
-        while len(self._samples) < GATHER_MAX and time.monotonic() < until:
-            self._bpf.perf_buffer_poll(5)
-        if not self._samples:
+        while True:
+            got, lost = self._perf.read()
+            samples += got
+            self.lost += lost
+            if len(samples) >= GATHER_MAX or time.monotonic() >= until:
+                break
+            time.sleep(0.005)
+        if not samples:
             return None
-        samples, self._samples = self._samples, []
         return self._chunk(samples)
 
-    def _chunk(self, samples: list[bytes]) -> FrameChunk:
+    def _chunk(self, samples: list[memoryview]) -> FrameChunk:
         n = len(samples)
         head = np.frombuffer(b"".join([s[: META.size] for s in samples]), dtype=np.uint8).reshape(
             n, META.size
@@ -318,6 +328,46 @@ class EbpfCapture:
     # --- counters ------------------------------------------------------------------------------------
     def kernel_stats(self) -> dict[str, SocketStats]:
         return {"all": SocketStats(kernel_seen=0, kernel_drops=self.lost)}
+
+
+def _compile(program: str, cflags: list[str]) -> list[int]:
+    """Compile and load in a helper process (netrecall.agent.ebpf_compile); returns its descriptors."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "netrecall.agent.ebpf_compile",
+                str(child.fileno()),
+                json.dumps({"program": program, "cflags": cflags}),
+            ],
+            pass_fds=[child.fileno()],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        child.close()
+        parent.settimeout(120)
+        try:
+            message, fds, _, _ = socket.recv_fds(parent, 65536, 8)
+        except (TimeoutError, OSError) as exc:
+            proc.kill()
+            raise NetrecallError(f"the eBPF compiler helper did not answer: {exc}") from None
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        parent.close()
+    try:
+        answer = json.loads(message or b"{}")
+    except ValueError:
+        answer = {}
+    if not answer.get("ok") or len(fds) != 4:
+        for fd in fds:
+            os.close(fd)
+        detail = (
+            answer.get("error") or (stderr.decode(errors="replace").strip().splitlines() or ["no answer"])[-1]
+        )
+        raise NetrecallError(f"the eBPF program did not load: {detail}")
+    return list(fds)
 
 
 def _first_line(exc: BaseException) -> str:
