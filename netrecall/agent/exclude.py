@@ -46,16 +46,15 @@ class Endpoint:
         return ipaddress.ip_address(self.ip).packed
 
 
-def sink_endpoints(url: str | None) -> list[Endpoint]:
-    """The addresses an http(s) sink URL resolves to (chDB and empty URLs have none)."""
+def sink_endpoints(url: str | None, default_port: int | None = None) -> list[Endpoint]:
+    """The addresses an http(s) sink URL resolves to (chDB and empty URLs have none). `default_port`
+    applies when the URL names none (a store's is 8123/8443, a hub's 80/443)."""
     if not url:
         return []
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return []
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    if parts.scheme == "http" and parts.port is None and "8123" in url:
-        port = 8123
+    port = parts.port or default_port or (443 if parts.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
     except OSError:

@@ -89,8 +89,14 @@ class Agent:
         from netrecall.agent.exclude import Endpoint
 
         cfg = self.config
-        sink_url = cfg.hub_url or cfg.store_url
-        exclude = sink_endpoints(sink_url)
+        if cfg.hub_url:
+            exclude = sink_endpoints(cfg.hub_url)
+        elif cfg.store_url and cfg.store_url.startswith(("http://", "https://")):
+            from netrecall.store import parse_store_url
+
+            exclude = sink_endpoints(cfg.store_url, parse_store_url(cfg.store_url).port)
+        else:
+            exclude = []
         for extra in cfg.extra_exclude:
             host, _, port = extra.rpartition(":")
             exclude.append(Endpoint(host.strip("[]"), int(port)))
