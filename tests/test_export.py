@@ -197,6 +197,16 @@ def test_pcap_refuses_mixed_link_types_pcapng_carries_them(store, tmp_path):
         packets(result.path), tshark_select(merged, "tcp.port==18080", tmp_path / "ref.pcapng")
     )
     assert {p[1] for p in packets(result.path)} == {1, 276}
+    flags = subprocess.run(
+        ["tshark", "-r", result.path, "-T", "fields", "-e", "frame.packet_flags_direction"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    inbound = store.scalar(
+        "SELECT countIf(direction = 'in') FROM packets WHERE 18080 IN (src_port, dst_port)"
+    )
+    assert flags.count("0x00000001") == inbound > 0  # the captured direction rides in epb_flags
     assert tool_warnings(result.path) == []
 
 
