@@ -312,3 +312,22 @@ def test_snapshots_and_pcap_export_stay_in_the_exports_dir(store, service, tmp_p
         check=True,
     )
     assert len(tshark.stdout.split()) == batch.num_rows
+
+
+def test_same_answers_on_a_clickhouse_server(any_store, tmp_path):
+    """The hub over both store backends (embedded, and ClickHouse's HTTP protocol): ingest dedup,
+    errors summary, redacted call detail and SQL behave the same."""
+    load_incident(any_store)
+    service = Service(any_store, exports_dir=tmp_path / "exports")
+    body = arrow_stream(packets_batch())
+    with TestClient(build_app(service, token=TOKEN, mcp=False), headers=AUTH) as c:
+        assert _ingest(c, body, "both-backends:1").json()["duplicate"] is False
+    with TestClient(build_app(service, token=TOKEN, mcp=False), headers=AUTH) as c:  # tokens forgotten
+        assert _ingest(c, body, "both-backends:1").status_code == 200
+        assert c.post("/api/sql", json={"sql": "SELECT count() FROM packets"}).json()["rows"] == [[36]]
+        flows = c.post("/api/sql", json={"sql": "SELECT sum(packets_ab + packets_ba) FROM flows"}).json()
+        assert flows["rows"] == [[36]]
+        kinds = {g["kind"]: g["count"] for g in c.get("/api/errors").json()["groups"]}
+        assert kinds["http_5xx"] == 5 and kinds["dns_error"] == 5
+        detail = c.get("/api/calls/fail0000", params={"payload": "true"}).json()
+        assert detail["request"]["headers"]["Authorization"] == "[REDACTED]"

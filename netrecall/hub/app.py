@@ -402,8 +402,12 @@ def build_app(
         middleware=[
             Middleware(MetricsMiddleware, metrics=metrics),
             Middleware(BearerAuth, token=token),
-            Middleware(errors.BodyLimit, default=MAX_BODY, limits={"/api/ingest": MAX_INGEST_BODY},
-                       skip_prefixes=("/mcp",)),
+            Middleware(
+                errors.BodyLimit,
+                default=MAX_BODY,
+                limits={"/api/ingest": MAX_INGEST_BODY},
+                skip_prefixes=("/mcp",),
+            ),
         ],
         exception_handlers=errors.HANDLERS,
         lifespan=lifespan,
