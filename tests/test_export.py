@@ -356,3 +356,28 @@ def test_unwritable_output_fails_before_querying(store, tmp_path):
         export_pcap(store, tmp_path / "missing" / "out.pcap", PacketFilters())
     with pytest.raises(NetrecallError, match="is a directory"):
         export_pcap(store, tmp_path, PacketFilters())
+
+
+@pytest.mark.parametrize(
+    ("kfl", "display_filter"),
+    [
+        ('http && path.contains("pagead")', "ip.addr==216.239.59.99"),
+        ('dst.ip == "65.208.228.223"', "ip.addr==65.208.228.223 and tcp.port==3372"),
+        ("dns", "dns"),
+    ],
+)
+def test_kfl_over_dissected_calls_matches_tshark(store, tmp_path, kfl, display_filter):
+    """Import, dissect for real, then --kfl: the flows behind the matching calls, live and in a snapshot."""
+    from netrecall.dissect.runner import dissect
+    from netrecall.query.snapshots import create_snapshot
+
+    capture = DPKT_EXAMPLES / "http.pcap"
+    load(store, capture)
+    dissect(store)
+    reference = tshark_select(capture, display_filter, tmp_path / "ref.pcapng")
+    live = export_pcap(store, tmp_path / "live.pcap", PacketFilters(kfl=kfl))
+    assert_same_packets(packets(live.path), reference)
+    create_snapshot(store, "kfl", packets(capture)[0][0], packets(capture)[-1][0] + 1)
+    store.command("TRUNCATE TABLE api_calls")
+    frozen = export_pcap(store, tmp_path / "snap.pcap", PacketFilters(kfl=kfl, snapshot="kfl"))
+    assert Path(frozen.path).read_bytes() == Path(live.path).read_bytes()
