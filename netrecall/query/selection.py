@@ -186,6 +186,16 @@ def _resolve_window(
             f"empty window: --since {format_time_ns(since_ns)} is not before "
             f"--until {format_time_ns(until_ns)}"
         )
+    if since_ns is not None and until_ns is not None:
+        # Both ends given: a primary-key range probe answers "is anything there" without scanning ts.
+        probe = {**params, "p_since": since_ns, "p_until": until_ns}
+        if store.scalar(
+            f"SELECT count() FROM (SELECT 1 FROM {table} WHERE {scope_where} AND "
+            "ts >= fromUnixTimestamp64Nano({p_since:Int64}) "
+            "AND ts < fromUnixTimestamp64Nano({p_until:Int64}) LIMIT 1)",
+            probe,
+        ):
+            return since_ns, until_ns
     first, last, count = store.rows(
         f"SELECT toUnixTimestamp64Nano(min(ts)), toUnixTimestamp64Nano(max(ts)), count() FROM {table} "
         f"WHERE {scope_where}",
