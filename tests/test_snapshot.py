@@ -141,8 +141,13 @@ def test_node_filter_and_delete(store):
     info = create_snapshot(store, "only-a", *everything, nodes=["a"], allow_partial=True)
     assert info.packets == len(packets(HTTP))
     assert store.rows("SELECT DISTINCT node FROM snapshot_packets") == [("a",)]
+    store.command(
+        "INSERT INTO dissect_state (scope, watermark) VALUES ('snapshot:only-a', now64(9)), "
+        "('snapshot:only-a|node:a', now64(9)), ('snapshot:only-ab', now64(9)), ('live', now64(9))"
+    )
     delete_snapshot(store, "only-a")
     assert list_snapshots(store) == []
+    assert sorted(store.rows("SELECT scope FROM dissect_state")) == [("live",), ("snapshot:only-ab",)]
     for table in SNAPSHOT_TABLES:
         assert store.scalar(f"SELECT count() FROM {table.name}") == 0
     with pytest.raises(NetrecallError, match="no snapshot named"):

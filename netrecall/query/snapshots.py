@@ -249,6 +249,12 @@ def delete_snapshot(store: Store, name: str) -> None:
     if not snapshot_exists(store, name):
         raise NetrecallError(f"no snapshot named {name!r} (see `netrecall snapshot list`)")
     _drop_data(store, name)
+    # The dissector's watermark for this snapshot ('snapshot:NAME', optionally '|node:N'): a snapshot made
+    # again under the same name must be dissected from its start.
+    store.command(
+        "DELETE FROM dissect_state WHERE scope = {s:String} OR startsWith(scope, {p:String})",
+        {"s": f"snapshot:{name}", "p": f"snapshot:{name}|"},
+    )
     store.command("DELETE FROM snapshots WHERE name = {n:String}", {"n": name})
 
 
