@@ -134,6 +134,29 @@ def incident_rows(healthy: int = 40) -> list[dict]:
     rows.append(
         _call(n + 1, id="notfound", path="/missing", url="/missing", status_code=404, status_text="Not Found")
     )
+    rows.append(  # a lookup that never got an answer
+        _call(
+            n + 2,
+            id="lost-dns",
+            protocol="dns",
+            src_ip="::ffff:10.1.0.10",
+            dst_ip="::ffff:10.96.0.10",
+            dst_port=53,
+            dst_pod="coredns-1",
+            dst_namespace="kube-system",
+            dst_service="kube-dns",
+            method="",
+            url="",
+            path="",
+            status_code=0,
+            status_text="",
+            dns_questions=["cart.shop.svc.cluster.local"],
+            dns_question_types=["AAAA"],
+            dns_request=True,
+            dns_response=False,
+            has_response=False,
+        )
+    )
     return rows
 
 

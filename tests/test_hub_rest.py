@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import sys
 
+import pyarrow as pa
 import pytest
 from hub_fixtures import SECRET, load_incident
 from hub_packets import arrow_stream, packets_batch
@@ -98,7 +99,7 @@ def test_calls_kfl_limit_and_truncation(client):
     dns = client.get("/api/calls", params={"kfl": "dns && status_code != 0"}).json()
     assert dns["total"] == 5 and dns["calls"][0]["dns"]["qname"] == "payments.shop.svc.cluster.local"
     lines = client.get("/api/calls", params={"kfl": "dns", "format": "jsonl"}).text.splitlines()
-    assert len(lines) == 6
+    assert len(lines) == 7
 
 
 def test_call_detail_is_redacted(client):
@@ -149,11 +150,45 @@ def test_dns_failures(client):
     assert answer["failures"][0]["qname"] == "payments.shop.svc.cluster.local"
     assert answer["failures"][0]["rcode"] == "NXDOMAIN" and answer["failures"][0]["count"] == 5
     assert answer["failures"][0]["client"] == "shop/checkout"
+    lost = answer["failures"][1]
+    assert (lost["qname"], lost["qtype"], lost["rcode"], lost["count"]) == (
+        "cart.shop.svc.cluster.local",
+        "AAAA",
+        "NO_RESPONSE",
+        1,
+    )
+    assert client.get("/api/dns/failures", params={"limit": 1}).json()["truncated"] is True
+
+
+def test_tcp_resets_are_summarized_client_first(store, service):
+    batch = packets_batch()
+    flags = batch.column("tcp_flags").to_pylist()
+    # the server's last segment of each connection becomes a reset (RST|ACK): flows count it
+    last_from_server = {}
+    for i, (sport, dport) in enumerate(
+        zip(batch.column("src_port").to_pylist(), batch.column("dst_port").to_pylist(), strict=True)
+    ):
+        if sport == 18080:
+            last_from_server[dport] = i
+    for i in last_from_server.values():
+        flags[i] = 0x14
+    store.insert_arrow(
+        "packets",
+        batch.set_column(
+            batch.schema.get_field_index("tcp_flags"), "tcp_flags", pa.array(flags, pa.uint16())
+        ),
+    )
+    with TestClient(build_app(service, token=TOKEN, mcp=False), headers=AUTH) as c:
+        groups = [g for g in c.get("/api/errors").json()["groups"] if g["kind"] == "tcp_reset"]
+    assert len(groups) == 1
+    reset = groups[0]
+    assert (reset["src"], reset["dst"], reset["code"]) == ("127.0.0.1", "127.0.0.1", 18080)
+    assert reset["count"] == len(last_from_server) and reset["first_seen"] <= reset["last_seen"]
 
 
 def test_stats_ips_workloads(client):
     stats = client.get("/api/stats").json()
-    assert {p["protocol"]: p["calls"] for p in stats["protocols"]} == {"http": 46, "dns": 6}
+    assert {p["protocol"]: p["calls"] for p in stats["protocols"]} == {"http": 46, "dns": 7}
     ips = {i["ip"] for i in client.get("/api/ips").json()["ips"]}
     assert {"10.1.0.10", "10.1.0.20", "10.96.0.10"} <= ips
     assert client.get("/api/workloads").json() == {"workloads": [], "total": 0, "truncated": False}
@@ -164,7 +199,7 @@ def test_sql_guard_and_bounds(client):
     assert ok["columns"] == ["id"] and len(ok["rows"]) == 4 and ok["truncated"] is True
     refused = client.post("/api/sql", json={"sql": "DROP TABLE api_calls"})
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "bad_request"
-    assert client.post("/api/sql", json={"sql": "SELECT count() FROM api_calls"}).json()["rows"] == [[52]]
+    assert client.post("/api/sql", json={"sql": "SELECT count() FROM api_calls"}).json()["rows"] == [[53]]
 
 
 @pytest.mark.parametrize(

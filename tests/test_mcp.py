@@ -96,7 +96,7 @@ def test_calls_are_compact_bounded_and_redacted(service):
     assert table["total"] == 5 and table["truncated"] is True and len(table["rows"]) == 2
     assert "hint" in table and table["columns"].startswith("id time proto")
     assert table["rows"][0].split()[2:4] == ["http", "shop/frontend-7d9f"]
-    assert records["total"] == 6 and records["calls"][0]["dns"]["qname"]
+    assert records["total"] == 7 and records["calls"][0]["dns"]["qname"]
     assert one["request"]["headers"]["Authorization"] == "[REDACTED]"
     assert SECRET not in json.dumps(one) and "hunter2" not in json.dumps(one)
     assert "position" in bad or "expected" in bad
@@ -255,3 +255,18 @@ def test_stdio_relay_to_the_hub(hub):
 
     bounds, sql = run(go)
     assert bounds["packets"]["count"] == 36 and sql["rows"] == [[36]]
+
+
+def test_every_cut_answer_says_how_to_narrow(service):
+    async def go():
+        async with Client(build_server(service)) as client:
+            return [
+                await call(client, "list_ips", limit=1),
+                await call(client, "query_sql", sql="SELECT id FROM api_calls", max_rows=2),
+                await call(client, "summarize_errors", limit=1),
+                await call(client, "trace_call", id="fail0000", limit=2),
+                await call(client, "list_api_calls", limit=1, format="json"),
+            ]
+
+    for answer in run(go):
+        assert answer["truncated"] is True and answer["hint"]

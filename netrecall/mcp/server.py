@@ -64,8 +64,13 @@ Snapshot = Annotated[
 ]
 
 
+GENERIC_HINT = "narrow the filter (kfl, namespace, ip/port) or the time range (start/end), or raise limit"
+
+
 def compact(value: Any) -> str:
-    """JSON without indentation: tokens are the agent's budget."""
+    """JSON without indentation (tokens are the agent's budget); a cut answer always says how to narrow."""
+    if isinstance(value, dict) and value.get("truncated") and not value.get("hint"):
+        value = {**value, "hint": GENERIC_HINT}
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
