@@ -306,6 +306,11 @@ def test_manifest_audit_row_and_verify(store, tmp_path):
     row = store.dicts("SELECT * FROM exports")
     assert len(row) == 1 and row[0]["sha256"] == result.sha256 and row[0]["packets"] == result.packets
     assert verify_export(result.path).ok
+    on_behalf = export_pcap(store, tmp_path / "hub.pcap", filters, created_by="token:alice")
+    assert json.loads(Path(on_behalf.manifest_path).read_text())["created_by"] == "token:alice"
+    assert store.scalar(
+        "SELECT created_by FROM exports WHERE sha256 = {s:String}", {"s": on_behalf.sha256}
+    ) == ("token:alice")
 
     data = bytearray(Path(result.path).read_bytes())
     data[-10] ^= 0xFF  # one flipped bit of payload

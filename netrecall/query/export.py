@@ -105,8 +105,13 @@ def export_pcap(
     fmt: str = "pcap",
     annotate: bool = False,
     now_ns: int | None = None,
+    created_by: str | None = None,
 ) -> ExportResult:
-    """Write the packets `filters` select to `out` (pcap or pcapng), plus the manifest and audit row."""
+    """Write the packets `filters` select to `out` (pcap or pcapng), plus the manifest and audit row.
+
+    `created_by` names who asked (the hub passes its caller); the default is this process's user@host.
+    """
+    who = created_by or who_ran()
     if fmt not in FORMATS:
         raise NetrecallError(f"invalid --format {fmt!r}: expected pcap or pcapng")
     if annotate and fmt != "pcapng":
@@ -140,9 +145,9 @@ def export_pcap(
         nodes=sorted(stats["nodes"]),
         note="" if stats["packets"] else "no packet matched the filters: wrote a valid empty capture",
     )
-    manifest = _manifest(store, filters, selection, result, stats, link_type if fmt == "pcap" else None)
+    manifest = _manifest(store, filters, selection, result, stats, link_type if fmt == "pcap" else None, who)
     _write_json_atomically(Path(result.manifest_path), manifest)
-    _audit(store, filters, result)
+    _audit(store, filters, result, who)
     return result
 
 
@@ -285,6 +290,7 @@ def _manifest(
     result: ExportResult,
     stats: dict[str, Any],
     link_type: int | None,
+    who: str,
 ) -> dict[str, Any]:
     return {
         "kind": "netrecall-export",
@@ -305,7 +311,7 @@ def _manifest(
         "store": store.address.display,
         "netrecall_version": netrecall.__version__,
         "created_at": format_time_ns(time.time_ns()),
-        "created_by": who_ran(),
+        "created_by": who,
         "note": result.note,
     }
 
@@ -320,8 +326,9 @@ def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
         raise NetrecallError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _audit(store: Store, filters: PacketFilters, result: ExportResult) -> None:
-    user, _, host = who_ran().partition("@")
+def _audit(store: Store, filters: PacketFilters, result: ExportResult, who: str) -> None:
+    user, _, host = who.partition("@")
+    host = host or socket.gethostname()
     store.command(
         "INSERT INTO exports (created_by, host, filters, file, format, sha256, packets, bytes, "
         "netrecall_version) "
