@@ -210,3 +210,30 @@ def test_partly_expired_import_is_imported_again(store) -> None:
     again = import_files(store, [path])
     assert again.files[0].status == "imported"
     assert store.scalar("SELECT count() FROM packets") == first.packets
+
+
+def test_decode_exact_data_from_gapped_and_contiguous_chunks() -> None:
+    """The reader's chunks keep record headers between frames; decode_frames compacts them by default,
+    and a chunk built by from_frames (the live agent's path) decodes to the same rows."""
+    from netrecall.ingest.capture_file import FrameChunk
+    from netrecall.ingest.decode import decode_frames
+
+    chunk = next(CaptureReader(CAPTURES / "multi-if.pcapng").chunks())
+    assert not chunk.contiguous
+    frames = [chunk.frame(i) for i in range(len(chunk))]
+    table = decode_frames(chunk, node="n", source="s")
+    assert table.column("data").to_pylist() == frames
+    rebuilt = FrameChunk.from_frames(
+        frames,
+        chunk.ts_ns,
+        link_type=chunk.link_type.tolist(),
+        origlen=chunk.origlen,
+        iface_index=chunk.iface_index.tolist(),
+        direction=chunk.direction.tolist(),
+        ifaces=chunk.ifaces,
+    )
+    assert rebuilt.contiguous
+    assert decode_frames(rebuilt, node="n", source="s").equals(table)
+    # untrimmed: each value starts with its frame (the engine cuts it to caplen)
+    loose = decode_frames(chunk, node="n", source="s", exact_data=False).column("data").to_pylist()
+    assert all(value.startswith(frame) for value, frame in zip(loose, frames, strict=True))
