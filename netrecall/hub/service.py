@@ -237,7 +237,8 @@ class Service:
         else:
             where.append("valid_to >= toDateTime64('2262-01-01 00:00:00', 9)")  # still valid now
         rows = self.store.dicts(
-            f"""SELECT kind, namespace, name, ip, node, owner, services, labels, host_network, valid_from,
+            f"""SELECT kind, namespace, name, ip, node, owner, services, labels, host_network,
+                       toUnixTimestamp64Nano(valid_from) AS valid_from,
                        count() OVER () AS total
                 FROM workloads FINAL WHERE {" AND ".join(where)}
                 ORDER BY namespace, kind, name, ip LIMIT {{lim:UInt32}}""",

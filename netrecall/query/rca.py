@@ -85,9 +85,11 @@ class Scope:
 
 
 def _ts(value: Any) -> str | None:
-    """A DateTime64 from the driver (datetime, naive UTC) as RFC 3339 with nanoseconds."""
+    """Nanoseconds (queries select toUnixTimestamp64Nano) or a driver datetime as RFC 3339, UTC."""
     if value is None:
         return None
+    if isinstance(value, int):
+        return format_time_ns(value)
     if hasattr(value, "timestamp"):
         from datetime import UTC
 
@@ -126,7 +128,8 @@ def summarize_errors(store: Store, scope: Scope, limit: int = 20, include_4xx: b
     sql = f"""
         SELECT kind, protocol, {who("src")} AS src, {who("dst")} AS dst,
                if(kind = 'grpc_error', grpc_status, status_code) AS code, any(status_text) AS status_text,
-               count() AS count, min(ts) AS first_seen, max(ts) AS last_seen,
+               count() AS count, toUnixTimestamp64Nano(min(ts)) AS first_seen,
+               toUnixTimestamp64Nano(max(ts)) AS last_seen,
                argMin(id, ts) AS example_id,
                argMin(multiIf(protocol = 'dns', concat(dns_questions[1], ' ', dns_question_types[1]),
                               protocol = 'grpc', grpc_method,
@@ -186,7 +189,8 @@ def _reset_groups(store: Store, scope: Scope, limit: int) -> list[dict[str, Any]
         SELECT if(syn_from = 2, {_flow_who("b")}, {_flow_who("a")}) AS src,
                if(syn_from = 2, {_flow_who("a")}, {_flow_who("b")}) AS dst,
                if(syn_from = 2, port_a, port_b) AS port,
-               sum(resets) AS count, min(first_ts) AS first_seen, max(last_ts) AS last_seen
+               sum(resets) AS count, toUnixTimestamp64Nano(min(first_ts)) AS first_seen,
+               toUnixTimestamp64Nano(max(last_ts)) AS last_seen
         FROM (SELECT flow_id, any(l4) AS l4, any(ip_a) AS ip_a, any(ip_b) AS ip_b, any(port_a) AS port_a,
                      any(port_b) AS port_b, max(syn_from) AS syn_from, sum(resets) AS resets,
                      min(first_ts) AS first_ts, max(last_ts) AS last_ts,
@@ -226,7 +230,8 @@ def dns_failures(store: Store, scope: Scope, limit: int = 20) -> dict[str, Any]:
         SELECT dns_questions[1] AS qname, dns_question_types[1] AS qtype,
                if(has_response OR dns_response, toString(status_code), 'no_response') AS rcode,
                {who("src")} AS client, {who("dst")} AS server,
-               count() AS count, min(ts) AS first_seen, max(ts) AS last_seen, argMin(id, ts) AS example_id,
+               count() AS count, toUnixTimestamp64Nano(min(ts)) AS first_seen,
+               toUnixTimestamp64Nano(max(ts)) AS last_seen, argMin(id, ts) AS example_id,
                count() OVER () AS groups_total
         FROM {scope.table} FINAL
         WHERE {
@@ -291,7 +296,8 @@ def trace_call(
     end = int(call["ts_ns"]) + int(call["elapsed_time"]) * 1000 + span
     scope = Scope(snapshot=snapshot, since_ns=start, until_ns=end)
     sql = f"""
-        SELECT id, ts, protocol, {who("src")} AS src, {who("dst")} AS dst, method, path, status_code,
+        SELECT id, toUnixTimestamp64Nano(ts) AS ts_ns, protocol, {who("src")} AS src, {who("dst")} AS dst,
+               method, path, status_code,
                status_text, elapsed_time, dns_questions, dns_question_types, dns_answers, grpc_method,
                grpc_status, error,
                multiIf(id = {{cid:String}}, 'call',
@@ -316,11 +322,11 @@ def trace_call(
         "call_ts": int(call["ts_ns"]),
         "call_end": int(call["ts_ns"]) + int(call["elapsed_time"]) * 1000,
     }
-    rows = sorted(store.dicts(sql, params), key=lambda r: (r["ts"], r["id"]))
+    rows = sorted(store.dicts(sql, params), key=lambda r: (r["ts_ns"], r["id"]))
     events = [_trace_event(r) for r in rows]
     total = rows[0]["total"] if rows else 0
     answer: dict[str, Any] = {
-        "call": {"id": call_id, "ts": _ts(call["ts"]), "src": call["src"], "dst": call["dst"]},
+        "call": {"id": call_id, "ts": _ts(int(call["ts_ns"])), "src": call["src"], "dst": call["dst"]},
         "window": window,
         "events": events,
         "total": total,
@@ -336,7 +342,7 @@ def trace_call(
 
 def _trace_event(r: Mapping[str, Any]) -> dict[str, Any]:
     event: dict[str, Any] = {
-        "ts": _ts(r["ts"]),
+        "ts": _ts(int(r["ts_ns"])),
         "role": r["role"],
         "proto": r["protocol"],
         "src": r["src"],
@@ -377,7 +383,8 @@ def api_stats(store: Store, scope: Scope, top: int = 10) -> dict[str, Any]:
                                    status_code >= 500)) AS errors,
                    round(quantile(0.5)(elapsed_time) / 1000, 3) AS p50_ms,
                    round(quantile(0.95)(elapsed_time) / 1000, 3) AS p95_ms,
-                   min(ts) AS first_seen, max(ts) AS last_seen
+                   toUnixTimestamp64Nano(min(ts)) AS first_seen,
+               toUnixTimestamp64Nano(max(ts)) AS last_seen
             FROM {scope.table} FINAL WHERE {scope.clause()} GROUP BY protocol ORDER BY calls DESC""",
         scope.params,
     )
@@ -509,7 +516,8 @@ def list_flows(
                    count() AS flows, sum(packets_ab + packets_ba) AS packets,
                    sum(bytes_ab + bytes_ba) AS bytes,
                    sum(resets) AS resets, sum(retransmissions) AS retransmissions,
-                   min(first_ts) AS first_seen, max(last_ts) AS last_seen, count() OVER () AS total
+                   toUnixTimestamp64Nano(min(first_ts)) AS first_seen,
+               toUnixTimestamp64Nano(max(last_ts)) AS last_seen, count() OVER () AS total
             FROM ({merged}) GROUP BY src, dst, dst_port ORDER BY bytes DESC LIMIT {{lim:UInt32}}
         """
     else:
@@ -520,7 +528,8 @@ def list_flows(
                    replaceRegexpOne(toString(if(syn_from = 2, ip_a, ip_b)), '^::ffff:', '') AS dst_ip,
                    if(syn_from = 2, port_a, port_b) AS dst_port,
                    packets_ab + packets_ba AS packets, bytes_ab + bytes_ba AS bytes, resets, retransmissions,
-                   rtt_us, first_ts AS first_seen, last_ts AS last_seen, count() OVER () AS total
+                   rtt_us, toUnixTimestamp64Nano(first_ts) AS first_seen,
+               toUnixTimestamp64Nano(last_ts) AS last_seen, count() OVER () AS total
             FROM ({merged}) ORDER BY first_seen LIMIT {{lim:UInt32}}
         """
     rows = store.dicts(sql, {**params, "lim": limit})
