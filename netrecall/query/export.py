@@ -209,7 +209,7 @@ def _write_packets(
         f"origlen, data{extra} "
         f"FROM {selection.table} WHERE {selection.where} "
         "AND ts >= fromUnixTimestamp64Nano({c_lo:Int64}) AND ts < fromUnixTimestamp64Nano({c_hi:Int64}) "
-        "ORDER BY ts, flow_id, _part_offset"
+        f"ORDER BY ts, flow_id{_storage_order(store, selection.table)}"
     )
     settings = {"max_bytes_before_external_sort": SORT_SPILL_BYTES, "max_block_size": 4096}
     stats: dict[str, Any] = {
@@ -227,6 +227,15 @@ def _write_packets(
         for batch in store.arrow_stream(sql, params, settings):
             _write_batch(batch.to_pydict(), stats, pcap, pcapng, annotate)
     return stats
+
+
+def _storage_order(store: Store, table: str) -> str:
+    """', _part_offset' on a MergeTree table; nothing through a Distributed one, which may not expose it."""
+    engine = store.scalar(
+        "SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
+        {"t": table},
+    )
+    return "" if engine == "Distributed" else ", _part_offset"
 
 
 def _write_batch(
