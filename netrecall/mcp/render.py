@@ -70,6 +70,8 @@ def calls_table(answer: Mapping[str, Any]) -> dict[str, Any]:
         "total": answer.get("total", len(calls)),
         "truncated": bool(answer.get("truncated")),
     }
+    if answer.get("total_capped"):
+        table["total_capped"] = True  # `total` is a lower bound: counting stopped there
     if table["truncated"]:
         table["hint"] = answer.get("hint") or "narrow the KFL filter or the time range, or raise limit"
     return table
