@@ -55,13 +55,14 @@ class Proc:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+        # wait, then read stdout: communicate() would also read stderr and race the reader thread for it
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        self.stdout = out or b""
-        self._reader.join(2)
+            self.proc.wait()
+        self.stdout = self.proc.stdout.read() if self.proc.stdout else b""
+        self._reader.join(5)
         return self.proc.returncode
 
     def summary(self) -> dict:

@@ -61,7 +61,7 @@ class AgentConfig:
     batch_seconds: float = 1.0
     queue_chunks: int = 4096  # the byte bound below is the one that matters
     queue_bytes: int = 4 << 20  # captured bytes waiting for decode; beyond it, user-space drops
-    batch_bytes: int = 4 << 20
+    batch_bytes: int = 2 << 20
     log_every_s: float = 5.0
     ring_mb: int = 8
     extra_exclude: list[str] = field(default_factory=list)  # more "ip:port" to keep out of the capture
@@ -366,8 +366,13 @@ def _release_memory_promptly() -> None:
 
 
 def _trim_memory() -> None:
+    import pyarrow as pa
+
     with contextlib.suppress(Exception):
         _LIBC.malloc_trim(0)
+    # Arrow's C++ internals (IPC writers) allocate from mimalloc whatever the Python-level default pool
+    with contextlib.suppress(Exception):
+        pa.mimalloc_memory_pool().release_unused()
 
 
 _LIBC = ctypes.CDLL(None)
