@@ -134,3 +134,38 @@ def test_snapshot_commands(cli, tmp_path):
     assert again_out.read_bytes() == from_snapshot.read_bytes()
     missing = cli("snapshot", "delete", "nope")
     assert missing.returncode != 0 and "no snapshot named 'nope'" in missing.stderr
+
+
+def test_export_through_a_hub_lands_whole_with_a_manifest(tmp_path):
+    """--url: the hub exports and streams; the local file is hash-checked, renamed, and verifiable."""
+    from hub_process import Hub, cli_env
+
+    hub = Hub(tmp_path / "hub", "export-test-token")
+    hub.home.mkdir(parents=True)
+    loaded = subprocess.run(
+        [sys.executable, "-m", "netrecall", "import", str(CAPTURE), "--store", f"chdb://{hub.store_path}"],
+        env=cli_env(hub.home),
+        capture_output=True,
+        text=True,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    hub.start()
+    try:
+        out = tmp_path / "via-hub.pcap"
+        hub.cli("export", "pcap", "-o", str(out), "--ip", "65.208.228.223", "--port", "80")
+        reference = tshark_select(
+            CAPTURE, "ip.addr==65.208.228.223 and tcp.port==80", tmp_path / "ref.pcapng"
+        )
+        assert_same_packets(packets(out), reference)
+        assert not Path(str(out) + ".tmp").exists()
+        manifest = json.loads(Path(str(out) + ".manifest.json").read_text())
+        assert manifest["through_hub"] and manifest["packets"] == len(reference)
+        verified = subprocess.run(
+            [sys.executable, "-m", "netrecall", "export", "verify", str(out)], capture_output=True, text=True
+        )
+        assert verified.returncode == 0, verified.stderr
+        refused = hub.cli("export", "pcap", "-o", str(tmp_path / "x.pcap"), "--proto", "tcp", check=False)
+        assert refused.returncode != 0 and "need --store" in refused.stderr
+        assert not (tmp_path / "x.pcap").exists()
+    finally:
+        hub.stop()

@@ -85,21 +85,16 @@ def export_pcap_command(
         kfl=kfl,
         snapshot=snapshot,
     )
-    if url:  # the hub writes the file (and its manifest) in its exports directory; stream it here
-        if namespace or proto or annotate:
-            raise NetrecallError("--namespace, --proto and --annotate need --store (not through --url)")
-        got = hub_client(url, token).download_pcap(
-            str(out), kfl=kfl, nodes=node, ips=ip, ports=[int(p) for p in port or []], pods=pod,
-            labels=label, since=since, until=until, snapshot=snapshot, fmt=capture_format,
-        )
-        emit([{"file": got["path"], "format": capture_format, "packets": got["packets"],
-               "bytes": got["bytes"], "sha256": got["sha256"]}], fmt)
-        return
-    store = open_cli_store(store_url)
-    try:
-        result = export_pcap(store, out, filters, fmt=capture_format, annotate=annotate)
-    finally:
-        store.close()
+    if url:  # the hub writes the file (and its own manifest); it streams here, checked, with a manifest
+        from netrecall.query.export import export_through_hub
+
+        result = export_through_hub(hub_client(url, token), url, out, filters, capture_format, annotate)
+    else:
+        store = open_cli_store(store_url)
+        try:
+            result = export_pcap(store, out, filters, fmt=capture_format, annotate=annotate)
+        finally:
+            store.close()
     if result.note:
         print(f"netrecall: note: {result.note}", file=sys.stderr)
     row = {

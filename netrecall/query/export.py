@@ -357,6 +357,86 @@ def _audit(store: Store, filters: PacketFilters, result: ExportResult, who: str)
     )
 
 
+# --- through a hub ---------------------------------------------------------------------------------------
+
+
+def export_through_hub(
+    client: Any, hub_url: str, out: str | Path, filters: PacketFilters, fmt: str, annotate: bool = False
+) -> ExportResult:
+    """`export pcap --url`: the hub exports (keeping its own copy, manifest and audit row) and streams the
+    file here; it lands as OUT.tmp, is checked against the hub's SHA-256, renamed, and gets a local
+    manifest so `export verify` works the same."""
+    if fmt not in FORMATS:
+        raise NetrecallError(f"invalid --format {fmt!r}: expected pcap or pcapng")
+    if filters.namespaces or filters.proto or annotate:
+        raise NetrecallError("--namespace, --proto and --annotate need --store (not through --url)")
+    path = check_output_path(out)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        answer = client.download_pcap(
+            str(tmp),
+            kfl=filters.kfl or "",
+            nodes=filters.nodes or None,
+            ips=filters.ips or None,
+            ports=[int(p) for p in filters.ports] or None,
+            pods=filters.pods or None,
+            labels=filters.labels or None,
+            since=filters.since,
+            until=filters.until,
+            snapshot=filters.snapshot,
+            fmt=fmt,
+        )
+        digest, size = _file_sha256(tmp)
+        if answer.get("sha256") and digest != answer["sha256"]:
+            raise NetrecallError(
+                f"the file from the hub has sha256 {digest}, the hub said {answer['sha256']}"
+            )
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise NetrecallError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    count = int(answer.get("packets") or 0)
+    result = ExportResult(
+        path=str(path),
+        manifest_path=str(manifest_path_for(path)),
+        format=fmt,
+        packets=count,
+        captured_bytes=0,
+        original_bytes=0,
+        file_bytes=size,
+        sha256=digest,
+        note="" if count else "no packet matched the filters: wrote a valid empty capture",
+    )
+    manifest = {
+        "kind": "netrecall-export",
+        "file": path.name,
+        "format": fmt,
+        "sha256": digest,
+        "file_bytes": size,
+        "packets": count,
+        "filters": filters.as_dict(),
+        "store": hub_url,
+        "through_hub": True,
+        "netrecall_version": netrecall.__version__,
+        "created_at": format_time_ns(time.time_ns()),
+        "created_by": who_ran(),
+        "note": "exported by the hub, which keeps its own copy, manifest and exports row",
+    }
+    _write_json_atomically(Path(result.manifest_path), manifest)
+    return result
+
+
+def _file_sha256(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 # --- verification ---------------------------------------------------------------------------------------
 
 
@@ -381,13 +461,7 @@ def verify_export(out: str | Path) -> VerifyResult:
         raise NetrecallError(f"cannot verify {path}: no manifest {manifest_path}") from None
     except (OSError, ValueError) as exc:
         raise NetrecallError(f"cannot verify {path}: unreadable manifest {manifest_path}: {exc}") from None
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-            size += len(chunk)
-    sha = digest.hexdigest()
+    sha, size = _file_sha256(path)
     differences = []
     if sha != manifest.get("sha256"):
         differences.append(f"sha256 is {sha}, manifest says {manifest.get('sha256')}")
