@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -366,3 +367,20 @@ def test_same_answers_on_a_clickhouse_server(any_store, tmp_path):
         assert kinds["http_5xx"] == 5 and kinds["dns_error"] == 5
         detail = c.get("/api/calls/fail0000", params={"payload": "true"}).json()
         assert detail["request"]["headers"]["Authorization"] == "[REDACTED]"
+
+
+def test_workloads_now_and_at_a_time(store, service):
+    from netrecall.agent.identity import IdentityResolver
+    from netrecall.demo import __file__ as demo_init
+
+    rows = IdentityResolver.from_inventory(str(Path(demo_init).parent / "inventory.json")).workload_rows()
+    store.insert_arrow("workloads", rows)
+    with TestClient(build_app(service, token=TOKEN, mcp=False), headers=AUTH) as c:
+        now = c.get("/api/workloads", params={"namespace": "payment"}).json()
+        assert now["total"] >= 1 and {w["namespace"] for w in now["workloads"]} == {"payment"}
+        first = min(w["valid_from"] for w in now["workloads"])
+        at = c.get("/api/workloads", params={"namespace": "payment", "at": first}).json()
+        assert at["total"] >= 1 and all(w["valid_from"] <= first for w in at["workloads"])
+        before = c.get("/api/workloads", params={"at": "2001-01-01T00:00:00Z"}).json()
+        assert before["total"] == 0
+        assert c.get("/api/workloads", params={"limit": 1}).json()["truncated"] is True

@@ -238,7 +238,7 @@ class Service:
             where.append("valid_to >= toDateTime64('2262-01-01 00:00:00', 9)")  # still valid now
         rows = self.store.dicts(
             f"""SELECT kind, namespace, name, ip, node, owner, services, labels, host_network,
-                       toUnixTimestamp64Nano(valid_from) AS valid_from,
+                       toUnixTimestamp64Nano(valid_from) AS valid_from_ns,
                        count() OVER () AS total
                 FROM workloads FINAL WHERE {" AND ".join(where)}
                 ORDER BY namespace, kind, name, ip LIMIT {{lim:UInt32}}""",
@@ -247,9 +247,10 @@ class Service:
         total = rows[0]["total"] if rows else 0
         items = []
         for r in rows:
-            item = {k: v for k, v in r.items() if k != "total"}
+            item = {k: v for k, v in r.items() if k not in ("total", "valid_from_ns")}
             item["ip"] = rca._ip(r["ip"])
-            item["valid_from"] = rca._ts(r["valid_from"])
+            # an alias must not shadow the column the WHERE compares, hence valid_from_ns
+            item["valid_from"] = rca._ts(int(r["valid_from_ns"]))
             items.append(item)
         return jsonable({"workloads": items, "total": total, "truncated": total > len(items)})
 
