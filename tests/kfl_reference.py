@@ -104,8 +104,13 @@ FIELDS = {
 }
 for _proto in ("http", "dns", "grpc", "redis", "kafka", "postgresql", "tls", "tcp", "udp"):
     FIELDS[_proto] = lambda r, p=_proto: r["protocol"] == p
-ALIASES = {"response.status": "status_code", "request.method": "method", "src.ns": "src.namespace",
-           "dst.ns": "dst.namespace", "elapsedTime": "elapsed_time"}
+ALIASES = {
+    "response.status": "status_code",
+    "request.method": "method",
+    "src.ns": "src.namespace",
+    "dst.ns": "dst.namespace",
+    "elapsedTime": "elapsed_time",
+}
 
 
 def _dotted(node: Node) -> str | None:
@@ -177,8 +182,12 @@ def _binary(node: Binary, ev) -> Any:
         return left == right or right == left
     if op == "!=":
         return not (left == right or right == left)
-    compare = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
-               ">=": lambda a, b: a >= b}
+    compare = {
+        "<": lambda a, b: a < b,
+        "<=": lambda a, b: a <= b,
+        ">": lambda a, b: a > b,
+        ">=": lambda a, b: a >= b,
+    }
     if op in compare:
         return compare[op](left, right)
     if op == "+":
@@ -262,4 +271,3 @@ def _call(node: Call, row: dict, now_ns: int, scope: dict, ev) -> Any:
     if name == "upperAscii":
         return target.upper()
     raise ValueError(name)
-

@@ -362,9 +362,9 @@ def test_explain_shows_time_key_and_skip_indexes_pruning(store: Store) -> None:
     )
 
     def plan(kfl: str, since: int, until: int) -> list[str]:
-        _, count_sql, params = build_list_sql(kfl, "api_calls", "1", 100)
-        params.update(since_ns=since, until_ns=until)
-        return [r[0] for r in store.rows("EXPLAIN indexes = 1 " + count_sql, params)]
+        query = build_list_sql(kfl, "api_calls", "1", 100)
+        params = {**query.params, "since_ns": since, "until_ns": until}
+        return [r[0] for r in store.rows("EXPLAIN indexes = 1 " + query.count_sql, params)]
 
     everything = (start, start + 6 * 3600 * 10**9)
     hour = (start + 3600 * 10**9, start + 3600 * 10**9 + 10 * 60 * 10**9)

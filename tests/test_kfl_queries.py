@@ -83,7 +83,7 @@ QUERIES = [
     'dns_questions.all(q, q.endsWith(".local")) && dns',
     'dns_answers.exists_one(a, a == "10.0.1.11")',
     'size(dns_questions.filter(q, q.contains("svc"))) == 1',
-    'dns_questions.map(q, q.size()).exists(n, n > 30)',
+    "dns_questions.map(q, q.size()).exists(n, n > 30)",
     'timestamp > timestamp("2026-03-14T22:00:00Z")',
     'timestamp >= timestamp("2026-03-14T21:30:00Z") && timestamp < timestamp("2026-03-14T21:45:00Z")',
     'timestamp > now() - duration("30m")',
@@ -97,7 +97,7 @@ QUERIES = [
     'string(status_code).startsWith("50")',
     'int(query_string["id"]) > 10',
     'method.lowerAscii() == "get" && dst.port == 8080',
-    "partial || error != \"\"",
+    'partial || error != ""',
     "!has_response && http",
     '"postgresql" == protocol && error.contains("duplicate")',
     "postgresql",
@@ -105,10 +105,10 @@ QUERIES = [
     'http && host == "shop.example" && status_text == "OK"',
     'response.status == 404 and request.method == "GET"',
     'src.ns == "staging" or not dns',
-    "dst.labels.app == \"redis\"",
+    'dst.labels.app == "redis"',
     'src.pod.name.matches("^(frontend|checkout)-")',
     'dns && status_code == 3 && dns_questions[0] == "nonexistent.example."',
-    '[1, 2, 3].exists(x, x == dst.port % 4)',
+    "[1, 2, 3].exists(x, x == dst.port % 4)",
     "true",
     "false",
     "",
@@ -149,8 +149,12 @@ def test_every_query_matches_the_reference(loaded: Store) -> None:
 
 
 def test_list_calls_agrees_with_the_reference(loaded: Store) -> None:
-    for text in ('http && status_code >= 500', 'dns && dns_response && status_code != 0',
-                 '"production" in namespaces', ""):
+    for text in (
+        "http && status_code >= 500",
+        "dns && dns_response && status_code != 0",
+        '"production" in namespaces',
+        "",
+    ):
         want = expected_ids(text)
         result = list_calls(loaded, text, limit=1000)
         assert {c["id"] for c in result["calls"]} == want
@@ -168,3 +172,12 @@ def test_list_calls_limit_total_and_window(loaded: Store) -> None:
     since, until = ROWS[10]["ts"], ROWS[40]["ts"]
     windowed = list_calls(loaded, "", since_ns=since, until_ns=until, limit=1000)
     assert {c["id"] for c in windowed["calls"]} == {r["id"] for r in ROWS if since <= r["ts"] <= until}
+
+
+def test_list_calls_counts_exactly_up_to_the_cap(loaded: Store) -> None:
+    want = expected_ids("http")
+    capped = list_calls(loaded, "http", limit=5, count_limit=20)
+    assert len(capped["calls"]) == 5 and capped["total"] == 20 and capped["total_capped"] is True
+    assert capped["truncated"] is True and len(want) > 20
+    exact = list_calls(loaded, "http", limit=5, count_limit=None)
+    assert exact["total"] == len(want) and "total_capped" not in exact

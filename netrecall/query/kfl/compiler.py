@@ -234,7 +234,7 @@ class Compiler:
 
     def subscript(self, mapping: Typed, key: Typed, node: Node) -> Typed:
         # A missing key yields "" (ClickHouse's default), which is KFL's absent value.
-        return Typed(STRING, exp.Bracket(this=_paren_unless_column(mapping.expr), expressions=[key.expr]))
+        return Typed(STRING, _bracket(mapping.expr, key.expr))
 
     # --- calls ---------------------------------------------------------------------------------------
     def call(self, node: Call) -> Typed:
@@ -313,10 +313,13 @@ class Compiler:
             self.expect(mapping, MAP_STRING, node.args[0], "the first argument of map_get()")
             self.expect(key, STRING, node.args[1], "a map key")
             self.expect(default, STRING, node.args[2], "the default of map_get()")
-            value = exp.Bracket(this=_paren_unless_column(mapping.expr), expressions=[key.expr])
+            value = _bracket(mapping.expr, key.expr)
+            if default.is_const and default.const == "":  # m[k] is already "" when k is absent
+                self.params.pop(_param_name(default.expr))
+                return Typed(STRING, value)
             return Typed(
                 STRING,
-                exp.If(this=_fn("mapContains", mapping.expr, key.expr), true=value, false=default.expr),
+                exp.If(this=_map_contains(mapping.expr, key.expr.copy()), true=value, false=default.expr),
             )
         if name == "string":
             self.arity(node, 1)
@@ -432,6 +435,7 @@ class Compiler:
             raise self.error("maps cannot be compared with == or !=; test keys with `in` or map[key]", node)
         if op in ("==", "!="):
             left, right = self.special_equality(left, right), self.special_equality(right, left)
+        left, right = _raw_number(left, right), _raw_number(right, left)
         cls = COMPARE_OPS[op]
         return Typed(BOOL, cls(this=_paren_if_needed(left.expr), expression=_paren_if_needed(right.expr)))
 
@@ -487,7 +491,7 @@ class Compiler:
             return Typed(BOOL, exp.Paren(this=exp.or_(*tests)))
         if right.type == MAP_STRING:
             self.expect(left, STRING, node.left, "a map key")
-            return Typed(BOOL, _fn("mapContains", right.expr, left.expr))
+            return Typed(BOOL, _map_contains(right.expr, left.expr))
         if right.type.startswith("list<"):
             element = element_of(right.type)
             if element != "dyn" and not _comparable(left.type, element):
@@ -576,6 +580,18 @@ class Compiler:
             )
 
 
+_TO_INT64 = re.compile(r"^toInt64\((\w+)\)$")
+
+
+def _raw_number(side: Typed, other: Typed) -> Typed:
+    """A numeric field compared with a constant compares its own column (`status_code >= 500`, not
+    `toInt64(status_code) >= 500`): no per-row conversion, and the comparison stays exact for UInt64."""
+    if side.field is None or not other.is_const or other.type not in NUMERIC:
+        return side
+    match = _TO_INT64.match(side.field.sql)
+    return Typed(side.type, exp.column(match.group(1)), field=side.field) if match else side
+
+
 def _comparable(a: str, b: str) -> bool:
     if a == b:
         return True
@@ -597,6 +613,40 @@ def _paren_if_needed(expr: exp.Expression) -> exp.Expression:
     if isinstance(expr, exp.Binary | exp.Not | exp.Neg | exp.In | exp.Like | exp.Lambda):
         return exp.Paren(this=expr)
     return expr
+
+
+def _bracket(mapping: exp.Expression, key: exp.Expression) -> exp.Expression:
+    """map[key]; for `if(c, m1, m2)` (local/remote labels) `if(c, m1[key], m2[key])`, so the engine looks
+    the key up in each column instead of building a whole map per row first."""
+    if isinstance(mapping, exp.If) and not mapping.args.get("expressions"):
+        return exp.If(
+            this=mapping.this,
+            true=_bracket(mapping.args["true"], key.copy()),
+            false=_bracket(mapping.args["false"], key.copy()),
+        )
+    if isinstance(mapping, exp.Column) and not mapping.table:
+        # m.values[indexOf(m.keys, k)]: half the cost of m[k] measured on 10M rows (0 -> "" when absent)
+        return _fn(
+            "arrayElement", _subcolumn(mapping, "values"), _fn("indexOf", _subcolumn(mapping, "keys"), key)
+        )
+    return exp.Bracket(this=_paren_unless_column(mapping), expressions=[key])
+
+
+def _subcolumn(column: exp.Column, name: str) -> exp.Expression:
+    return exp.Column(this=exp.to_identifier(name), table=exp.to_identifier(column.name))
+
+
+def _map_contains(mapping: exp.Expression, key: exp.Expression) -> exp.Expression:
+    """key in map: has(m.keys, k) reads only the keys subcolumn (mapContains reads the whole map)."""
+    if isinstance(mapping, exp.If) and not mapping.args.get("expressions"):
+        return exp.If(
+            this=mapping.this,
+            true=_map_contains(mapping.args["true"], key.copy()),
+            false=_map_contains(mapping.args["false"], key.copy()),
+        )
+    if isinstance(mapping, exp.Column) and not mapping.table:
+        return _fn("has", _subcolumn(mapping, "keys"), key)
+    return _fn("mapContains", mapping, key)
 
 
 def _paren_unless_column(expr: exp.Expression) -> exp.Expression:
