@@ -88,7 +88,7 @@ def tshark_frames(path: Path) -> list[tuple]:
             sport, dport = int(f[f"{first}.srcport"]), int(f[f"{first}.dstport"])
         out.append(
             (
-                _ns(info["frame.time_epoch"]),
+                _ns(info.get("frame.time_epoch", "0")),  # Simple Packet Blocks carry no time
                 int(info["frame.cap_len"]),
                 int(info["frame.len"]),
                 data,

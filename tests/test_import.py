@@ -237,3 +237,83 @@ def test_decode_exact_data_from_gapped_and_contiguous_chunks() -> None:
     # untrimmed: each value starts with its frame (the engine cuts it to caplen)
     loose = decode_frames(chunk, node="n", source="s", exact_data=False).column("data").to_pylist()
     assert all(value.startswith(frame) for value, frame in zip(loose, frames, strict=True))
+
+
+# --- pcapng variants made from a real dumpcap capture -------------------------------------------------------
+def _pcapng_blocks(data: bytes) -> list[tuple[int, bytes]]:
+    blocks, pos = [], 0
+    while pos + 8 <= len(data):
+        btype, length = struct.unpack_from("<II", data, pos)
+        blocks.append((btype, data[pos + 8 : pos + length - 4]))
+        pos += length
+    return blocks
+
+
+def _block(order: str, btype: int, body: bytes) -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    return struct.pack(order + "II", btype, len(body) + 12) + body + struct.pack(order + "I", len(body) + 12)
+
+
+def _swap_options(body: bytes, numeric: dict[int, str]) -> bytes:
+    """Re-encode little-endian options big-endian: code/length always, values of numeric options too."""
+    out, pos = b"", 0
+    while pos + 4 <= len(body):
+        code, length = struct.unpack_from("<HH", body, pos)
+        value = body[pos + 4 : pos + 4 + length]
+        if code in numeric:
+            value = struct.pack(">" + numeric[code], *struct.unpack("<" + numeric[code], value))
+        out += struct.pack(">HH", code, length) + value + b"\0" * (-length % 4)
+        pos += 4 + length + (-length % 4)
+        if code == 0:
+            break
+    return out
+
+
+def _to_big_endian_pcapng(source: Path, target: Path) -> None:
+    out = b""
+    for btype, body in _pcapng_blocks(source.read_bytes()):
+        if btype == 0x0A0D0D0A:  # SHB: byte-order magic, version, section length, options
+            head = struct.pack(">IHHq", *struct.unpack_from("<IHHq", body))
+            out += _block(">", btype, head + _swap_options(body[16:], {}))
+        elif btype == 1:  # IDB: link type, reserved, snaplen, options (if_speed is a u64)
+            head = struct.pack(">HHI", *struct.unpack_from("<HHI", body))
+            out += _block(">", btype, head + _swap_options(body[8:], {8: "Q"}))
+        elif btype == 6:  # EPB: interface, timestamp, lengths, data, options (epb_flags is a u32)
+            iface, high, low, caplen, origlen = struct.unpack_from("<IIIII", body)
+            padded = caplen + (-caplen % 4)
+            head = struct.pack(">IIIII", iface, high, low, caplen, origlen)
+            out += _block(
+                ">", btype, head + body[20 : 20 + padded] + _swap_options(body[20 + padded :], {2: "I"})
+            )
+        # other blocks (interface statistics) are left out: they carry no packets
+    target.write_bytes(out)
+
+
+def _to_packet_blocks(source: Path, target: Path, kind: int) -> None:
+    """EPBs rewritten as obsolete Packet Blocks (2) or Simple Packet Blocks (3)."""
+    out = b""
+    for btype, body in _pcapng_blocks(source.read_bytes()):
+        if btype != 6:
+            out += _block("<", btype, body)
+            continue
+        iface, high, low, caplen, origlen = struct.unpack_from("<IIIII", body)
+        frame = body[20 : 20 + caplen]
+        if kind == 2:
+            out += _block("<", 2, struct.pack("<HHIIII", iface, 0, high, low, caplen, origlen) + frame)
+        else:
+            out += _block("<", 3, struct.pack("<I", origlen) + frame)
+    target.write_bytes(out)
+
+
+@pytest.mark.parametrize("variant", ["big-endian", "packet-blocks", "simple-packet-blocks"])
+def test_pcapng_variants_match_tshark(store, tmp_path: Path, variant: str) -> None:
+    target = tmp_path / f"{variant}.pcapng"
+    if variant == "big-endian":
+        _to_big_endian_pcapng(CAPTURES / "lo-http.pcapng", target)
+        assert target.read_bytes()[8:12] == b"\x1a\x2b\x3c\x4d"
+    else:
+        _to_packet_blocks(CAPTURES / "lo-http.pcapng", target, 2 if variant == "packet-blocks" else 3)
+    expected = tshark_frames(target)
+    assert len(expected) == len(tshark_frames(CAPTURES / "lo-http.pcapng"))
+    import_files(store, [target])
+    assert sorted(stored_frames(store)) == sorted(expected)
