@@ -123,7 +123,7 @@ def test_tiny_chunks_give_the_same_calls(store: Store, other_store: Store) -> No
         import_files(target, [PYTHON, NGINX, DNSMASQ])
     big = dissect(store)
     small = dissect(other_store, chunk_packets=5)
-    assert small.chunks > 20 and big.chunks == 1
+    assert small.chunks > 20 and big.chunks <= 2  # one per minute the captures touch
     assert calls(other_store) == calls(store)
     n = small.total_calls
     assert counts(other_store) == (n, n)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,10 @@ class Context:
     # In a run resumed from a watermark, a response whose request lies before the watermark was already
     # produced (with its request) by the previous run: such orphans older than this time are dropped.
     drop_orphans_before_ns: int = 0
+    # Called when `flush_every` calls are waiting: writing them out in small batches keeps memory flat
+    # (a call with its header maps weighs a few KB of Python objects).
+    on_full: Callable[[], None] | None = None
+    flush_every: int = 10_000
 
     def parse_error(self, protocol: str, message: str) -> None:
         self.parse_errors[protocol] += 1
@@ -53,6 +58,8 @@ class Context:
             return
         call.pop("has_request", None)
         self.calls.append(call)
+        if self.on_full is not None and len(self.calls) >= self.flush_every:
+            self.on_full()
 
 
 def call_id(protocol: str, flow_id: int, port: int, seq: int, ts_ns: int) -> str:

@@ -53,7 +53,9 @@ class Engine:
         self.packets = 0
 
     # --- feeding -----------------------------------------------------------------------------------------
-    def process(self, chunk: PacketChunk) -> None:
+    def process(self, chunk: PacketChunk, safe_ns: int | None = None) -> None:
+        """Feed one chunk. `safe_ns`: no later chunk holds a packet older than this (default: the chunk's
+        last packet, right for time slices); idle and hole timeouts are measured against it."""
         n = len(chunk)
         if n == 0:
             return
@@ -67,7 +69,7 @@ class Engine:
                 self._tcp(chunk, start, end)
             else:
                 self._udp(chunk, start, end)
-        self.now = max(self.now, max(ts))
+        self.now = max(self.now, max(ts) if safe_ns is None else safe_ns)
         self._expire(self.now)
 
     def _tcp(self, c: PacketChunk, start: int, end: int) -> None:

@@ -10,6 +10,8 @@ cannot see because they were already produced whole.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -21,7 +23,7 @@ from netrecall.dissect.writer import dedupe, enrich, write_calls
 from netrecall.errors import NetrecallError
 from netrecall.store import Store
 
-DEFAULT_CHUNK_PACKETS = 100_000
+DEFAULT_CHUNK_PACKETS = 50_000
 MAX_LOOKBACK_NS = 600 * 1_000_000_000  # a watermark never holds back more than this behind the range's end
 
 
@@ -117,14 +119,16 @@ def dissect(
     only_node = nodes[0] if len(nodes) == 1 else ""
     per_protocol: Counter = Counter()
 
-    def flush(piece: tuple[int, int, int] | None) -> None:
+    current = [since_ns, until_ns]  # the slice being read: where endpoint identities are looked up
+
+    def flush() -> None:
         calls = ctx.calls
         if not calls:
             return
         ctx.calls = []
         lookup = None
         if enriched or len(nodes) > 1:
-            lo, hi = (piece[0], piece[1]) if piece else (since_ns, until_ns)
+            lo, hi = current
             lo = min(lo, min(c["ts"] for c in calls))
             lookup = source.endpoints(store, lo, hi)
         enrich(calls, lookup, only_node)
@@ -136,19 +140,24 @@ def dissect(
             summary.partial += bool(call.get("partial"))
             summary.errors += bool(call.get("error"))
 
-    bar = _progress(progress, sum(s[2] for s in slices))
+    ctx.on_full = flush
+    bar = _progress(progress, sum(piece.packets for piece in slices))
     try:
         for piece in slices:
-            chunk = source.read(store, piece[0], piece[1])
-            engine.process(chunk)
+            current[:] = piece.since_ns, piece.until_ns
+            chunk = source.read(store, piece)
+            engine.process(chunk, piece.safe_ns)
             summary.packets += len(chunk)
             summary.chunks += 1
-            flush(piece)
+            del chunk
+            flush()
+            _release_memory()
             if bar is not None:
-                bar.advance(len(chunk))
+                bar.advance(summary.packets - bar.done)
         pending = engine.pending_ts()
+        current[:] = since_ns, until_ns
         engine.finish()
-        flush(None)
+        flush()
     finally:
         if bar is not None:
             bar.stop()
@@ -168,6 +177,12 @@ def dissect(
     return summary
 
 
+def _release_memory() -> None:
+    """Give the heap freed by the last slice back to the OS, so peak RSS tracks one slice, not the run."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class _Bar:
     def __init__(self, total: int) -> None:
         from rich.console import Console
@@ -184,8 +199,10 @@ class _Bar:
         )
         self.task = self.progress.add_task("dissect", total=total)
         self.progress.start()
+        self.done = 0
 
     def advance(self, n: int) -> None:
+        self.done += n
         self.progress.advance(self.task, n)
 
     def stop(self) -> None:
