@@ -282,3 +282,23 @@ def test_dns_parser_only_raises_parse_errors(data: bytes) -> None:
     for strict in (False, True):
         with contextlib.suppress(dns.ParseError):
             dns.parse(data, strict)
+
+
+def test_a_parser_bug_costs_one_stream_not_the_run(monkeypatch) -> None:
+    """The engine's safety net: an unexpected exception in a session becomes a flagged tcp row."""
+    from netrecall.dissect.protocols import http1
+
+    real = http1.HttpSession._frame
+
+    def broken(self, d, msg):
+        if msg.target == "/missing":
+            raise ValueError("simulated parser bug")
+        return real(self, d, msg)
+
+    monkeypatch.setattr(http1.HttpSession, "_frame", broken)
+    ctx = dissect_packets(read_packets(PYTHON))
+    flagged = [c for c in ctx.calls if c.get("error")]
+    assert len(flagged) == 1 and "simulated parser bug" in flagged[0]["error"]
+    assert ctx.parse_errors["http"] == 1
+    # that connection's calls still waiting for their responses are lost with it; the others are fine
+    assert len([c for c in ctx.calls if c["protocol"] == "http"]) == 9

@@ -126,12 +126,25 @@ class Engine:
         session = conn.session
         if session is not None:
             client = conn.client if conn.client is not None else 0
-            if conn.halves[client].buf:
-                session.feed(client)
-            if conn.halves[1 - client].buf:
-                session.feed(1 - client)
+            try:
+                if conn.halves[client].buf:
+                    session.feed(client)
+                if conn.halves[1 - client].buf:
+                    session.feed(1 - client)
+            except Exception as exc:  # a parser bug must cost one stream, never the run
+                self._parser_failed(conn, exc)
         if conn.finished:
             self._finish(conn)
+
+    def _parser_failed(self, conn: TcpConn, exc: Exception) -> None:
+        """The stream's session raised something it should not have: the rest becomes a flagged row."""
+        protocol = conn.session.protocol if conn.session is not None else "tcp"
+        message = f"{protocol}: parser failure {type(exc).__name__}: {exc}"[:300]
+        self.ctx.parse_error(protocol, message)
+        conn.session = GenericTcpSession(conn, conn.guess_client(), error=message)
+        conn.session.partial = True
+        for half in conn.halves:
+            half.consume(len(half.buf))
 
     def _new_conn(self, flow: int, c: PacketChunk, i: int) -> TcpConn:
         conn = TcpConn(self.ctx, flow, c.src_ip[i], c.src_port[i], c.dst_ip[i], c.dst_port[i], c.ts[i])
@@ -180,7 +193,10 @@ class Engine:
         if conn.session is None:
             self._detect(conn, final=True)
         assert conn.session is not None
-        conn.session.on_gap(side, missing)
+        try:
+            conn.session.on_gap(side, missing)
+        except Exception as exc:
+            self._parser_failed(conn, exc)
         conn.halves[side].skip(missing)
 
     def _finish(self, conn: TcpConn) -> None:
@@ -192,7 +208,11 @@ class Engine:
         if conn.session is None:
             self._detect(conn, final=True)
         assert conn.session is not None
-        conn.session.close()
+        try:
+            conn.session.close()
+        except Exception as exc:
+            self._parser_failed(conn, exc)
+            conn.session.close()
         conn.closed = True
         if self.conns.get(conn.flow_id) is conn:
             del self.conns[conn.flow_id]
