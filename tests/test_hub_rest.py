@@ -181,6 +181,16 @@ def test_tcp_resets_are_summarized_client_first(store, service):
     )
     with TestClient(build_app(service, token=TOKEN, mcp=False), headers=AUTH) as c:
         groups = [g for g in c.get("/api/errors").json()["groups"] if g["kind"] == "tcp_reset"]
+        window = {
+            "since": _epoch(batch.column("ts")[0].value),
+            "until": _epoch(batch.column("ts")[-1].value + 1),
+        }
+        inside = c.get("/api/errors", params=window).json()["groups"]
+        outside = c.get(
+            "/api/errors", params={"since": "2001-01-01T00:00:00Z", "until": "2001-01-02T00:00:00Z"}
+        )
+    assert [g["count"] for g in inside if g["kind"] == "tcp_reset"] == [len(last_from_server)]
+    assert outside.json()["groups"] == []
     assert len(groups) == 1
     reset = groups[0]
     assert (reset["src"], reset["dst"], reset["code"]) == ("127.0.0.1", "127.0.0.1", 18080)
@@ -384,3 +394,18 @@ def test_workloads_now_and_at_a_time(store, service):
         before = c.get("/api/workloads", params={"at": "2001-01-01T00:00:00Z"}).json()
         assert before["total"] == 0
         assert c.get("/api/workloads", params={"limit": 1}).json()["truncated"] is True
+
+
+def test_flows_per_connection_and_per_workload_pair(store, service):
+    batch = packets_batch()
+    store.insert_arrow("packets", batch)
+    with TestClient(build_app(service, token=TOKEN, mcp=False), headers=AUTH) as c:
+        flows = c.get("/api/flows").json()
+        pairs = c.get("/api/flows", params={"aggregate": "true"}).json()
+        by_port = c.get("/api/flows", params={"port": 18080, "ip": "127.0.0.1"}).json()
+        none = c.get("/api/flows", params={"port": 1}).json()
+    assert sum(f["packets"] for f in flows["flows"]) == batch.num_rows
+    assert all(f["dst_port"] == 18080 and f["src_ip"] == "127.0.0.1" for f in flows["flows"])
+    assert all(f["rtt_us"] is not None and f["resets"] == 0 for f in flows["flows"])
+    assert len(pairs["flows"]) == 1 and pairs["flows"][0]["flows"] == flows["total"]
+    assert by_port["total"] == flows["total"] and none["total"] == 0

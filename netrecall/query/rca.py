@@ -179,11 +179,14 @@ def _reset_groups(store: Store, scope: Scope, limit: int) -> list[dict[str, Any]
     flows = Scope("flows", snapshot=scope.params.get("scope_snapshot"), ts="first_ts")
     where = flows.where[:]
     params = dict(flows.params)
+    # Conditions on the per-flow aggregates go to HAVING: in WHERE, `first_ts` would name the aggregate
+    # alias below, not the column.
+    having = ["resets > 0"]
     if "scope_since" in scope.params:
-        where.append("last_ts >= fromUnixTimestamp64Nano({f_since:Int64})")
+        having.append("last_ts >= fromUnixTimestamp64Nano({f_since:Int64})")
         params["f_since"] = scope.params["scope_since"]
     if "scope_until" in scope.params:
-        where.append("first_ts < fromUnixTimestamp64Nano({f_until:Int64})")
+        having.append("first_ts < fromUnixTimestamp64Nano({f_until:Int64})")
         params["f_until"] = scope.params["scope_until"]
     sql = f"""
         SELECT if(syn_from = 2, {_flow_who("b")}, {_flow_who("a")}) AS src,
@@ -198,8 +201,8 @@ def _reset_groups(store: Store, scope: Scope, limit: int) -> list[dict[str, Any]
                      anyLast(a_service) AS a_service, anyLast(a_pod) AS a_pod,
                      anyLast(b_workload) AS b_workload, anyLast(b_namespace) AS b_namespace,
                      anyLast(b_service) AS b_service, anyLast(b_pod) AS b_pod
-              FROM {flows.table} WHERE {" AND ".join(where) or "1"} GROUP BY flow_id)
-        WHERE resets > 0
+              FROM {flows.table} WHERE {" AND ".join(where) or "1"} GROUP BY flow_id
+              HAVING {" AND ".join(having)})
         GROUP BY src, dst, port
         ORDER BY count DESC
         LIMIT {{lim:UInt32}}
@@ -477,6 +480,7 @@ def list_flows(
     limit = _limit(limit)
     scope = Scope("flows", snapshot=snapshot)
     where = list(scope.where)
+    having: list[str] = []  # on the per-flow values (aliases of aggregates): see _reset_groups
     params = dict(scope.params)
     if since_ns is not None:
         where.append("window_start >= toStartOfMinute(fromUnixTimestamp64Nano({since:Int64}))")
@@ -485,10 +489,10 @@ def list_flows(
         where.append("window_start < fromUnixTimestamp64Nano({until:Int64})")
         params["until"] = int(until_ns)
     if ip:
-        where.append("(ip_a = toIPv6({ip:String}) OR ip_b = toIPv6({ip:String}))")
+        having.append("(ip_a = toIPv6({ip:String}) OR ip_b = toIPv6({ip:String}))")
         params["ip"] = ip if ":" in ip else f"::ffff:{ip}"
     if port is not None:
-        where.append("(port_a = {port:UInt16} OR port_b = {port:UInt16})")
+        having.append("(port_a = {port:UInt16} OR port_b = {port:UInt16})")
         params["port"] = int(port)
     merged = f"""
         SELECT flow_id, any(l4) AS l4, any(ip_a) AS ip_a, any(port_a) AS port_a, any(ip_b) AS ip_b,
@@ -504,6 +508,7 @@ def list_flows(
                anyLast(b_workload) AS b_workload, anyLast(b_namespace) AS b_namespace,
                anyLast(b_service) AS b_service, anyLast(b_pod) AS b_pod
         FROM {scope.table} WHERE {" AND ".join(where) or "1"} GROUP BY flow_id
+        HAVING {" AND ".join(having) or "1"}
     """
     client, server = (
         f"if(syn_from = 2, {_flow_who('b')}, {_flow_who('a')})",
