@@ -13,11 +13,13 @@ releases the GIL), with at most a few batches in flight so memory stays bounded 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -166,6 +168,7 @@ def import_file(
     reader = CaptureReader(path)
     size = path.stat().st_size
     with (
+        _gc_paused(),
         _Progress(progress and size > 8 << 20, path.name, size) as advance,
         _DeferredMerges(store) as merges,
         _Inserter(store, on_insert=merges.inserted) as inserter,
@@ -177,7 +180,7 @@ def import_file(
                 table = resolver.enrich(table)
             inserter.put(table)
             result.packets += len(chunk)
-            result.bytes += int(chunk.offsets[-1] - chunk.offsets[0])
+            result.bytes += int(chunk.caplen.sum(dtype=np.int64))
             result.undecoded += int(np.count_nonzero(~np.isin(chunk.link_type, list(KNOWN_LINK_TYPES))))
             low, high = int(chunk.ts_ns.min()), int(chunk.ts_ns.max())
             first = low if first is None else min(first, low)
@@ -342,6 +345,18 @@ class _Inserter:
                 extra.client.close()
         if exc_type is None:
             self._check()
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC passes while streaming: the loop makes no cycles, and the passes cost ~2% of CPU."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _DeferredMerges:
