@@ -8,6 +8,8 @@ its hypothesis strategy directly.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import schemathesis
 from hub_fixtures import load_incident
@@ -42,7 +44,12 @@ def test_operation_conforms_to_the_openapi_description(hub_schema, path, method)
     operation = hub_schema[path][method]
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(
+        max_examples=int(os.environ.get("NETRECALL_SCHEMATHESIS_EXAMPLES", "15")),
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
     def check(case):
         # A KFL filter, SQL statement or time can be a schema-valid string and still be wrong: those are
         # documented 400s with the error shape, so "valid by schema must be accepted" does not apply.

@@ -50,11 +50,20 @@ async def api_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message)
 
 
-async def netrecall_error(_request: Request, exc: Exception) -> JSONResponse:
+# Routes where the engine's own complaint is about the caller's text (their SQL), so a 400.
+_USER_SQL_ROUTES = frozenset({"/api/sql"})
+
+
+async def netrecall_error(request: Request, exc: Exception) -> JSONResponse:
     # NetrecallError is the user's mistake or a store refusal, already one line and safe to show.
     message = str(exc).splitlines()[0] if str(exc) else "error"
     if _NOT_FOUND.match(message):
         return error_response(404, "not_found", message)
+    if message.startswith("ClickHouse: ") and request.url.path not in _USER_SQL_ROUTES:
+        # Inputs are validated before they reach the engine, so an engine error elsewhere is ours: a 500
+        # (logged here), not the caller's 400. The one-line message is still safe to show.
+        log.error("engine error on %s %s: %s", request.method, request.url.path, message)
+        return error_response(500, "engine_error", message)
     return error_response(400, "bad_request", message)
 
 

@@ -351,6 +351,10 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    # format=jsonl answers one compact call per line
+    paths["/api/calls"]["get"]["responses"]["200"]["content"]["application/x-ndjson"] = {
+        "schema": {"type": "string"}
+    }
     return {
         "openapi": "3.1.0",
         "info": {

@@ -457,6 +457,17 @@ def list_ips(store: Store, scope: Scope, limit: int = 100) -> dict[str, Any]:
     return {"ips": ips, "total": total, "truncated": total > len(ips)}
 
 
+def _check_ip(text: str) -> str:
+    """An address as the flows table stores it (IPv4 v4-mapped), or a one-line error."""
+    from ipaddress import ip_address
+
+    try:
+        address = ip_address(text.strip())
+    except ValueError:
+        raise NetrecallError(f"invalid ip {text!r}: expected an IPv4 or IPv6 address") from None
+    return f"::ffff:{address}" if address.version == 4 else str(address)
+
+
 def _ip(value: Any) -> str:
     """IPv4-mapped IPv6 back to a dotted quad."""
     from ipaddress import IPv6Address, ip_address
@@ -490,8 +501,10 @@ def list_flows(
         params["until"] = int(until_ns)
     if ip:
         having.append("(ip_a = toIPv6({ip:String}) OR ip_b = toIPv6({ip:String}))")
-        params["ip"] = ip if ":" in ip else f"::ffff:{ip}"
+        params["ip"] = _check_ip(ip)
     if port is not None:
+        if not 0 <= int(port) <= 65535:
+            raise NetrecallError(f"invalid port {port}: expected 0-65535")
         having.append("(port_a = {port:UInt16} OR port_b = {port:UInt16})")
         params["port"] = int(port)
     merged = f"""
