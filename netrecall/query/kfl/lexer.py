@@ -122,7 +122,8 @@ def tokenize(text: str) -> list[Token]:
             value, i = _read_string(text, i, raw=False)
             tokens.append(Token("string", value, start, text[start:i]))
             continue
-        if ch.isdigit() or (ch == "." and i + 1 < n and text[i + 1].isdigit()):
+        # ASCII digits only: str.isdigit() is also true for '²' or '٣', which no number pattern matches
+        if ch in "0123456789" or (ch == "." and i + 1 < n and text[i + 1] in "0123456789"):
             match = _NUMBER.match(text, i)
             assert match is not None  # a digit always matches
             spelled = match.group(0)
