@@ -133,7 +133,8 @@ def query_command(
             more = (
                 f" (showing {len(calls)}; narrow the filter or raise --limit)" if result["truncated"] else ""
             )
-            typer.echo(f"{result['total']} call(s){more}", err=True)
+            plus = "+" if result.get("total_capped") else ""  # counted up to the cap, more exist
+            typer.echo(f"{result['total']}{plus} call(s){more}", err=True)
 
 
 def call_command(

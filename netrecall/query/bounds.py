@@ -75,3 +75,25 @@ def _minute_keyed_bounds(store: Store, name: str, condition: str, params: dict) 
         )
         ends.append(int(value))
     return ends[0], ends[1]
+
+
+def covering_bounds(
+    store: Store, table: str = "api_calls", snapshot: str | None = None
+) -> tuple[int, int] | None:
+    """A window holding everything `table` stores, to the minute: [start of the first minute, end of the
+    last]. One statement reading the first and last granules in key order (data_boundaries needs four
+    for nanosecond-exact ends); what a default query bound needs."""
+    if table not in MINUTE_KEYED:
+        return data_boundaries(store, table, snapshot)
+    name, condition, params = source_table(store, table, snapshot)
+    first, last = (
+        f"(SELECT toUnixTimestamp(toStartOfMinute(ts)) AS m FROM {name} WHERE {condition} "
+        f"ORDER BY m {d} LIMIT 1)"
+        for d in ("ASC", "DESC")
+    )
+    row = store.rows(
+        f"SELECT {first}, {last}, (SELECT count() FROM {name} WHERE {condition} LIMIT 1)", params
+    )[0]
+    if not row[2]:
+        return data_boundaries(store, table, snapshot)  # empty: None, or the unknown-snapshot error
+    return int(row[0]) * 1_000_000_000, (int(row[1]) + 60) * 1_000_000_000 - 1

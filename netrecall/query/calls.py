@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from netrecall.errors import NetrecallError
-from netrecall.query.bounds import data_boundaries, source_table
+from netrecall.query.bounds import covering_bounds, source_table
 from netrecall.query.kfl import compile_filter
 from netrecall.query.kfl.catalogue import CATALOGUES
 from netrecall.store import Store
 from netrecall.timeutil import format_time_ns
 
 MAX_LIMIT = 100_000
-COUNT_LIMIT = 10_000  # list_calls counts exactly up to here (see list_calls)
+COUNT_LIMIT = 1_000  # list_calls counts exactly up to here (see list_calls)
 
 _IP = {side: CATALOGUES["api_calls"][f"{side}.ip"].sql for side in ("src", "dst")}
 
@@ -82,7 +82,7 @@ def _time_bounds(
 ) -> tuple[int, int] | None:
     if since_ns is not None and until_ns is not None:
         return since_ns, until_ns
-    stored = data_boundaries(store, "api_calls", snapshot)
+    stored = covering_bounds(store, "api_calls", snapshot)
     if stored is None:
         return None
     return (stored[0] if since_ns is None else since_ns), (stored[1] if until_ns is None else until_ns)
