@@ -45,7 +45,7 @@ def test_operation_conforms_to_the_openapi_description(hub_schema, path, method)
 
     @given(case=operation.as_strategy())
     @settings(
-        max_examples=int(os.environ.get("NETRECALL_SCHEMATHESIS_EXAMPLES", "15")),
+        max_examples=int(os.environ.get("NETRECALL_SCHEMATHESIS_EXAMPLES", "50")),
         deadline=None,
         suppress_health_check=list(HealthCheck),
         database=None,
