@@ -33,8 +33,8 @@ from netrecall.ingest.decode import KNOWN_LINK_TYPES, decode_frames
 from netrecall.schema.tables import FLOWS, FLOWS_MV_SELECT
 from netrecall.store import Store, clickhouse_errors, open_store
 
-BATCH_ROWS = 65_536  # rows per insert (one part each)
-BATCH_BYTES = 24 << 20  # ... fewer when the frames are large: with chDB's own ~300 MB this bounds peak RSS
+BATCH_ROWS = 49_152  # rows per insert (one part each)
+BATCH_BYTES = 16 << 20  # ... fewer when the frames are large: with chDB's own ~300 MB this bounds peak RSS
 INSERT_WORKERS = 2  # concurrent inserts on chDB: paired runs on 2 cores were 20-30% faster than one, same RSS
 DEFERRED_MERGE_PARTS = 200  # on chDB, merges wait until the import ends or this many parts were written
 INSERT_SETTINGS = {
