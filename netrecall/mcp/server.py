@@ -217,7 +217,13 @@ def build_server(backend: Any) -> MCPServer:
         "Give duration (e.g. '30m', the last 30 minutes) or start and end.",
     )
     def create_snapshot(
-        name: Annotated[str, Field(description="Letters, digits, - and _.", pattern="^[A-Za-z0-9_-]{1,64}$")],
+        name: Annotated[
+            str,
+            Field(
+                description="Letters, digits, _ . - (starting with a letter or digit).",
+                pattern="^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+            ),
+        ],
         duration: Annotated[str | None, Field(description="The last N: 30s, 15m, 2h.")] = None,
         start: Start = None,
         end: End = None,
