@@ -120,6 +120,9 @@ def dissect(
     per_protocol: Counter = Counter()
 
     current = [since_ns, until_ns]  # the slice being read: where endpoint identities are looked up
+    # Calls get the time of their first packet, inside [since, until): when no call is stored there yet,
+    # nothing this run writes can be a duplicate and the per-batch lookups are skipped.
+    stored_before = source.calls_stored(store, since_ns, until_ns)
 
     def flush() -> None:
         calls = ctx.calls
@@ -132,7 +135,11 @@ def dissect(
             lo = min(lo, min(c["ts"] for c in calls))
             lookup = source.endpoints(store, lo, hi)
         enrich(calls, lookup, only_node)
-        fresh = dedupe(store, source.calls_table, calls, source.calls_where, source.params)
+        fresh = (
+            dedupe(store, source.calls_table, calls, source.calls_where, source.params)
+            if stored_before
+            else calls
+        )
         summary.duplicates_skipped += len(calls) - len(fresh)
         write_calls(store, source.calls_table, fresh, source.extra_columns)
         for call in fresh:

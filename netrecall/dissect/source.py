@@ -84,6 +84,15 @@ class PacketSource:
         )[0]
         return int(row[0]), int(row[1] or 0), int(row[2] or 0)
 
+    def calls_stored(self, store: Store, since_ns: int, until_ns: int) -> bool:
+        """Whether any call of this source is stored with a time in [since, until)."""
+        where = f" AND {self.calls_where}" if self.calls_where else ""
+        found = store.rows(
+            f"SELECT 1 FROM {self.calls_table} WHERE {RANGE}{where} LIMIT 1",
+            {**self.params, "since_ns": since_ns, "until_ns": until_ns},
+        )
+        return bool(found)
+
     def stored_since(self, store: Store, wall_ns: int) -> int | None:
         """First capture time among packets stored at or after `wall_ns` (wall clock), if any."""
         value = store.scalar(

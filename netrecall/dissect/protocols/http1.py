@@ -51,6 +51,7 @@ class Message:
         "body_size",
         "headers",
         "last_ts",
+        "low_text",
         "lower",
         "method",
         "partial",
@@ -73,9 +74,24 @@ class Message:
         self.status = 0
         self.reason = ""
         self.headers: dict[str, str] = {}
-        self.lower: dict[str, str] = self.headers
+        self.lower: dict[str, str] | None = None  # lower-cased names, built only when needed
+        self.low_text = ""
         self.body = b""  # becomes a bytearray when body bytes arrive
         self.body_size = 0
+
+    def header(self, usual: str, key: str) -> str | None:
+        """A header's value by name, case-insensitively: the usual spelling first, then (only when the
+        lower-cased head mentions it at all) a lower-cased copy of the names."""
+        value = self.headers.get(usual)
+        if value is not None or key + ":" not in self.low_text:
+            return value
+        if self.lower is None:
+            lower: dict[str, str] = {}
+            for name, item in self.headers.items():
+                name = name.lower()
+                lower[name] = lower[name] + ", " + item if name in lower else item
+            self.lower = lower
+        return self.lower.get(key)
 
 
 class _Direction:
@@ -296,8 +312,7 @@ class HttpSession:
         if len(headers) != len(pairs) or len(pairs) != text.count("\r\n") - 1:
             headers = _headers_slowly(text[eol + 2 :])
         msg.headers = headers
-        # lower-cased names for the framing lookups (the stored headers keep the sender's case)
-        msg.lower = dict(zip(map(str.lower, headers), headers.values(), strict=True))
+        msg.low_text = text.lower()  # for case-insensitive presence checks in C, see header()
         d.msg = msg
         self._frame(d, msg)
         if d.state == HEAD:  # no body
@@ -306,7 +321,6 @@ class HttpSession:
 
     def _frame(self, d: _Direction, msg: Message) -> None:
         """Decide how the body is delimited (RFC 9112 section 6.3)."""
-        lower = msg.lower
         if not d.is_request:
             request = self.requests[0] if self.requests else self.dirs[self.client].msg
             method = request.method if request is not None else ""
@@ -317,11 +331,11 @@ class HttpSession:
             if method == "HEAD" or 100 <= status < 200 or status in (204, 304):
                 d.state = HEAD
                 return
-        te = lower.get("transfer-encoding", "")
+        te = msg.header("Transfer-Encoding", "transfer-encoding") or ""
         if te and te.lower().rstrip().endswith("chunked"):
             d.state = CHUNK_SIZE
             return
-        length = lower.get("content-length")
+        length = msg.header("Content-Length", "content-length")
         if length is not None:
             text = length.split(",")[0].strip()
             if not text.isdigit():
@@ -404,7 +418,7 @@ class HttpSession:
                 url=target,
                 path=path,
                 query_string=query,
-                host=req.lower.get("host", ""),
+                host=req.header("Host", "host") or "",
                 http_version=req.version,
                 request_headers=req.headers,
                 request_body_size=req.body_size,
@@ -445,7 +459,7 @@ def _decoded(msg: Message, limit: int) -> tuple[bytes, bool]:
     """The stored body: decoded from gzip/deflate when so encoded, at most `limit` bytes."""
     raw = bytes(msg.body)
     truncated = msg.body_size > len(raw)
-    encoding = msg.lower.get("content-encoding", "").strip().lower()
+    encoding = (msg.header("Content-Encoding", "content-encoding") or "").strip().lower()
     if encoding in ("gzip", "x-gzip", "deflate"):
         wbits = 47 if encoding != "deflate" else 15  # 47: gzip or zlib header, auto-detected
         try:
