@@ -43,7 +43,7 @@ class Context:
     # Called when `flush_every` calls are waiting: writing them out in small batches keeps memory flat
     # (a call with its header maps weighs a few KB of Python objects).
     on_full: Callable[[], None] | None = None
-    flush_every: int = 10_000
+    flush_every: int = 5_000
 
     def parse_error(self, protocol: str, message: str) -> None:
         self.parse_errors[protocol] += 1

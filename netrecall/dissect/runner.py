@@ -23,7 +23,7 @@ from netrecall.dissect.writer import dedupe, enrich, write_calls
 from netrecall.errors import NetrecallError
 from netrecall.store import Store
 
-DEFAULT_CHUNK_PACKETS = 50_000
+DEFAULT_CHUNK_PACKETS = 40_000
 MAX_LOOKBACK_NS = 600 * 1_000_000_000  # a watermark never holds back more than this behind the range's end
 
 
