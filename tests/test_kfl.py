@@ -79,6 +79,7 @@ def test_members_indexes_calls_and_literals() -> None:
         ("http && !", "ends too early", 9),
         ("dns_questions.exists(q, q > 1)", "cannot compare string with int", 26),
         ('conn_local_bytes > 1 && http_version == "x"', "unknown field 'http_version'", 24),
+        ("status_code == 99999999999999999999", "out of range", 15),
     ],
 )
 def test_errors_point_at_the_offending_character(text: str, message: str, position: int) -> None:
@@ -90,6 +91,20 @@ def test_errors_point_at_the_offending_character(text: str, message: str, positi
     assert isinstance(error, NetrecallError)
     lines = str(error).splitlines()
     assert lines[-2] == "  " + text and lines[-1] == "  " + " " * position + "^"
+
+
+def test_long_chains_are_balanced_and_deep_nesting_is_refused(store: Store) -> None:
+    chain = " && ".join(["status_code >= 0"] * 3000)  # 3000 terms: a balanced tree, not 3000 levels
+    compiled = compile_filter(chain)
+    assert store.scalar(f"SELECT count() FROM api_calls WHERE {compiled.where}", compiled.params) == 0
+    assert to_text(parse("a && b && c && d || e")) == "(((a && b) && (c && d)) || e)"
+    for text in ("1 + " * 1000 + "1 == 1", "!" * 5000 + "http", "(" * 300 + "http" + ")" * 300):
+        with pytest.raises(KflError, match="nested too deeply"):
+            compile_filter(text)
+    # up to the limit, deep filters compile and run
+    for text in ("1 + " * 60 + "1 == 61", "!" * 60 + "http", "(" * 60 + "http" + ")" * 60):
+        compiled = compile_filter(text)
+        store.scalar(f"SELECT count() FROM api_calls WHERE {compiled.where}", compiled.params)
 
 
 def test_non_utf8_input_is_refused_cleanly() -> None:

@@ -157,7 +157,11 @@ class Compiler:
     def literal(self, node: Literal) -> Typed:
         if node.kind == "null":
             raise self.error('KFL has no null: absent values compare as "", 0, false, [] or {}', node)
-        if node.kind == "uint":
+        if node.kind in ("int", "uint"):
+            if not -(2**63) <= node.value < 2**64:
+                raise self.error("integer literal out of range (64 bits)", node)
+            if node.value >= 2**63:  # only a UInt64 holds it
+                return Typed(INT, self.param(node.value, "UInt64"), node.value)
             return self.const(INT, node.value)
         return self.const(node.kind, node.value)
 

@@ -34,7 +34,7 @@ BINARY_PRECEDENCE = {
     "/": 5,
     "%": 5,
 }
-MAX_DEPTH = 200  # deeper nesting is refused rather than blowing the Python stack
+MAX_DEPTH = 64  # deeper nesting is refused: parsing, compiling and SQL printing recurse over the tree
 
 
 class Parser:
@@ -115,7 +115,16 @@ class Parser:
                 return left
             self.advance()
             right = self.binary(precedence + 1)  # left-associative
-            left = Binary(token.pos, op, left, right)
+            if op not in ("&&", "||"):
+                left = Binary(token.pos, op, left, right)
+                continue
+            # A long `a && b && c ...` chain becomes a balanced tree (same meaning: the operators are
+            # associative), so thousands of terms do not nest thousands deep.
+            operands, positions = [left, right], [token.pos]
+            while self.is_op(op):
+                positions.append(self.advance().pos)
+                operands.append(self.binary(precedence + 1))
+            left = _balanced(op, operands, positions)
 
     def unary(self) -> Node:
         if self.is_op("!", "-"):
@@ -211,6 +220,33 @@ class Parser:
         raise self.error(f"unexpected {self.describe(token)}: expected a value")
 
 
+def _balanced(op: str, operands: list[Node], positions: list[int]) -> Node:
+    if len(operands) == 1:
+        return operands[0]
+    middle = len(operands) // 2
+    return Binary(
+        positions[middle - 1],
+        op,
+        _balanced(op, operands[:middle], positions[: middle - 1]),
+        _balanced(op, operands[middle:], positions[middle:]),
+    )
+
+
+def _check_depth(tree: Node, text: str) -> None:
+    """Refuse trees deeper than MAX_DEPTH (e.g. `1 + 1 + ...` thousands long): compiling and printing
+    SQL recurse over the tree."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise KflError(f"filter nested too deeply (more than {MAX_DEPTH} levels)", text, node.pos)
+        for value in vars(node).values():
+            if isinstance(value, Node):
+                stack.append((value, depth + 1))
+            elif isinstance(value, tuple):
+                stack.extend((v, depth + 1) for v in value if isinstance(v, Node))
+
+
 def parse(text: str) -> Node | None:
     """Parse KFL text to its syntax tree; None for an empty or blank filter (meaning everything)."""
     return parse_with_notes(text)[0]
@@ -221,4 +257,6 @@ def parse_with_notes(text: str) -> tuple[Node | None, list[tuple[str, int]]]:
     parser = Parser(text)
     if parser.tok.kind == "eof":
         return None, []
-    return parser.parse(), parser.legacy
+    tree = parser.parse()
+    _check_depth(tree, text)
+    return tree, parser.legacy
