@@ -28,6 +28,13 @@ from tests.kfl_dataset import build_rows, load
 store = open_store({url!r})
 ensure_schema(store)
 load(store, build_rows())
+store.command(
+    "INSERT INTO workloads (ip, kind, name, namespace, node, labels, valid_from) VALUES "
+    "(toIPv6('10.0.1.10'), 'pod', 'frontend-7d9f-abc', 'production', 'node-a', map('app', 'frontend'), "
+    "'2026-03-14 00:00:00'), (toIPv6('10.0.1.11'), 'pod', 'checkout-5c6d-x1', 'production', 'node-a', "
+    "map('app', 'checkout'), '2026-03-14 00:00:00'), (toIPv6('10.0.3.30'), 'pod', 'web-server-123', "
+    "'staging', 'node-b', map(), '2026-03-14 00:00:00')"
+)
 """
 
 
@@ -157,3 +164,23 @@ def test_sql_is_read_only(cli_store: str) -> None:
     assert refused.returncode == 2 and "refused: DROP" in refused.stderr
     still = json.loads(run("sql", "EXISTS TABLE packets", "--format", "json", store=cli_store).stdout)
     assert still["rows"] == [[1]]
+
+
+def test_legacy_spellings_answer_with_the_kfl2_names(cli_store: str) -> None:
+    done = run(
+        "query", 'response.status == 404 and request.method == "GET"', "--format", "json", store=cli_store
+    )
+    answer = json.loads(done.stdout)
+    assert {c["id"] for c in answer["calls"]} == {
+        r["id"] for r in want('status_code == 404 && method == "GET"')
+    }
+    assert "KFL2 calls it 'status_code'" in done.stderr and "KFL2 writes &&" in done.stderr
+    assert any("status_code" in note for note in answer["notes"])
+
+
+def test_workloads_lists_identities(cli_store: str) -> None:
+    answer = json.loads(
+        run("workloads", "--namespace", "production", "--format", "json", store=cli_store).stdout
+    )
+    assert {w["name"] for w in answer["workloads"]} == {"frontend-7d9f-abc", "checkout-5c6d-x1"}
+    assert {w["ip"] for w in answer["workloads"]} == {"10.0.1.10", "10.0.1.11"}

@@ -119,6 +119,8 @@ def query_command(
             snapshot=snapshot,
         )
     calls = result["calls"]
+    for note in result.get("notes", []):
+        typer.echo(f"note: {note}", err=True)
     if fmt is OutputFormat.json:
         json.dump(plain(result), sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")

@@ -97,6 +97,7 @@ class ListQuery:
     count_sql: str  # how many match inside [since, until]
     count_all_sql: str  # how many match at all (the default window is everything stored)
     params: dict[str, Any]
+    notes: tuple[str, ...] = ()  # legacy spellings the filter used, with their KFL2 names
 
 
 def build_list_sql(kfl: str, table: str, snapshot_condition: str, limit: int) -> ListQuery:
@@ -124,7 +125,7 @@ def build_list_sql(kfl: str, table: str, snapshot_condition: str, limit: int) ->
     )
     count_sql = f"SELECT count() FROM {table} WHERE {where}"
     count_all_sql = f"SELECT count() FROM {table} WHERE {matches}"
-    return ListQuery(edge_sql, rows_sql, count_sql, count_all_sql, dict(compiled.params))
+    return ListQuery(edge_sql, rows_sql, count_sql, count_all_sql, dict(compiled.params), compiled.notes)
 
 
 def _capped(count_sql: str, cap: int | None) -> str:
@@ -163,7 +164,8 @@ def list_calls(
     query = build_list_sql(kfl, table, snapshot_condition, limit)
     bounds = _time_bounds(store, since_ns, until_ns, snapshot)
     if bounds is None or bounds[1] < bounds[0]:
-        return {"calls": [], "total": 0, "truncated": False}
+        empty: dict[str, Any] = {"calls": [], "total": 0, "truncated": False}
+        return {**empty, "notes": list(query.notes)} if query.notes else empty
     since, until = int(bounds[0]), int(bounds[1])
     params = {**query.params, **snapshot_params, "since_ns": since, "until_ns": until}
     calls: list[dict] = []
@@ -184,6 +186,8 @@ def list_calls(
     answer: dict[str, Any] = {"calls": calls, "total": total, "truncated": total > len(calls)}
     if count_limit is not None and total > count_limit:
         answer.update(total=count_limit, total_capped=True)
+    if query.notes:  # e.g. "'response.status' is Kubeshark's legacy spelling: KFL2 calls it 'status_code'"
+        answer["notes"] = list(query.notes)
     return answer
 
 
