@@ -513,7 +513,7 @@ def list_flows(
                max(last_ts) AS last_ts,
                sum(packets_ab) AS packets_ab, sum(packets_ba) AS packets_ba, sum(bytes_ab) AS bytes_ab,
                sum(bytes_ba) AS bytes_ba, sum(resets) AS resets,
-               sum(data_segments) - uniqExactMerge(uniq_segments) AS retransmissions,
+               sum(retransmissions) AS retransmissions,
                if(min(synack_ts) IS NULL OR min(syn_ts) IS NULL, NULL,
                   dateDiff('microsecond', min(syn_ts), min(synack_ts))) AS rtt_us,
                anyLast(a_workload) AS a_workload, anyLast(a_namespace) AS a_namespace,

@@ -258,8 +258,8 @@ def _flows_fields() -> list[Field]:
         Field(
             "retransmissions",
             INT,
-            "toInt64(data_segments) - toInt64(finalizeAggregation(uniq_segments))",
-            "Data segments seen more than once (netrecall extension).",
+            "toInt64(retransmissions)",
+            "Data segments seen again within one insert batch (netrecall extension).",
         ),
     ]
     ends = {
