@@ -192,3 +192,13 @@ def test_cli_dissect(tmp_path: Path) -> None:
         [*cli, "dissect", "--store", url, "--since", "yesterday"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "invalid time" in bad.stderr
+
+
+def test_dissect_on_both_store_backends(any_store: Store) -> None:
+    """The same calls through the embedded engine and through the ClickHouse HTTP protocol."""
+    import_files(any_store, [PYTHON, DNSMASQ])
+    summary = dissect(any_store)
+    assert summary.calls == {"http": 12, "dns": 13}
+    rows = any_store.rows("SELECT url, status_code FROM api_calls WHERE protocol = 'http' AND url = '/gz'")
+    assert rows == [("/gz", 200)]
+    assert counts(any_store) == (25, 25)
