@@ -51,9 +51,13 @@ def parse_time_ns(text: str, now_ns: int | None = None) -> int:
 
 
 def _parse_rfc3339_ns(value: str) -> int:
-    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2})?)(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?", value)
+    match = re.fullmatch(
+        r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2})?)(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?", value
+    )
     if not match:
-        raise NetrecallError(f"invalid time {value!r}: expected RFC 3339 (2026-03-14T22:00:00Z) or relative (-30m)")
+        raise NetrecallError(
+            f"invalid time {value!r}: expected RFC 3339 (2026-03-14T22:00:00Z) or relative (-30m)"
+        )
     date_part, clock, fraction, zone = match.groups()
     if clock.count(":") == 1:
         clock += ":00"

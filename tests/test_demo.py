@@ -56,7 +56,11 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     done = netrecall("demo", "--store", url)
     assert done.returncode == 0, done.stderr
     assert "imported the demo incident" in done.stdout
-    assert "netrecall dissect --store" in done.stdout  # what to do next, for this store
+    assert f"query --store {url}" in done.stdout  # what to do next, for this store
+    # the demo dissects and names the root cause: payment's lookup of the gateway fails with NXDOMAIN
+    failing = [line for line in done.stdout.splitlines() if "-> NXDOMAIN" in line]
+    assert len(failing) == 1 and "api.payment-gateway.svc.cluster.local A" in failing[0], done.stdout
+    assert "asked by payment/payment" in failing[0]
     return url
 
 
@@ -125,7 +129,7 @@ def test_running_the_demo_twice_adds_nothing(demo_store):
     before = sql(
         demo_store,
         "SELECT (SELECT count() FROM packets), (SELECT count() FROM workloads), "
-        "(SELECT count() FROM imports)",
+        "(SELECT count() FROM imports), (SELECT count() FROM api_calls)",
     )
     done = netrecall("demo", "--store", demo_store, "--quiet")
     assert done.returncode == 0, done.stderr
@@ -133,7 +137,7 @@ def test_running_the_demo_twice_adds_nothing(demo_store):
     after = sql(
         demo_store,
         "SELECT (SELECT count() FROM packets), (SELECT count() FROM workloads), "
-        "(SELECT count() FROM imports)",
+        "(SELECT count() FROM imports), (SELECT count() FROM api_calls)",
     )
     assert after == before
 

@@ -12,7 +12,9 @@ from netrecall.schema.tables import TABLES, schema_statements
 def test_schema_is_created_once_and_versioned(store):
     assert stored_version(store) == SCHEMA_VERSION
     ensure_schema(store)  # second run is a no-op
-    names = {row[0] for row in store.rows("SELECT name FROM system.tables WHERE database = currentDatabase()")}
+    names = {
+        row[0] for row in store.rows("SELECT name FROM system.tables WHERE database = currentDatabase()")
+    }
     assert {t.name for t in TABLES} | {"flows_mv"} <= names
     versions = store.rows("SELECT count() FROM netrecall_meta WHERE key = 'schema_version'")
     assert versions == [(1,)]
@@ -29,14 +31,17 @@ def test_newer_store_is_refused(store):
 
 
 def test_flows_view_aggregates_both_directions(store):
-    store.command(
-        "INSERT INTO packets (ts, node, ip_version, src_ip, dst_ip, l4, src_port, dst_port, tcp_flags, tcp_seq,"
-        " payload_len, origlen) VALUES"
-        " ('2026-01-01 00:00:00.000000001', 'n1', 4, '::ffff:10.0.0.1', '::ffff:10.0.0.2', 6, 40000, 80, 2, 1, 0, 60),"
-        " ('2026-01-01 00:00:00.000100000', 'n1', 4, '::ffff:10.0.0.2', '::ffff:10.0.0.1', 6, 80, 40000, 18, 9, 0, 60),"
-        " ('2026-01-01 00:00:00.000200000', 'n1', 4, '::ffff:10.0.0.1', '::ffff:10.0.0.2', 6, 40000, 80, 24, 2, 10, 70),"
-        " ('2026-01-01 00:00:00.000300000', 'n1', 4, '::ffff:10.0.0.1', '::ffff:10.0.0.2', 6, 40000, 80, 24, 2, 10, 70)"
-    )
+    columns = "ts, node, ip_version, src_ip, dst_ip, l4, src_port, dst_port, tcp_flags, tcp_seq, "
+    columns += "payload_len, origlen"
+    a, b = "'::ffff:10.0.0.1'", "'::ffff:10.0.0.2'"
+    rows = [
+        f"('2026-01-01 00:00:00.000000001', 'n1', 4, {a}, {b}, 6, 40000, 80, 2, 1, 0, 60)",  # SYN
+        f"('2026-01-01 00:00:00.000100000', 'n1', 4, {b}, {a}, 6, 80, 40000, 18, 9, 0, 60)",  # SYN-ACK
+        f"('2026-01-01 00:00:00.000200000', 'n1', 4, {a}, {b}, 6, 40000, 80, 24, 2, 10, 70)",  # data
+        # the same segment again: a retransmission
+        f"('2026-01-01 00:00:00.000300000', 'n1', 4, {a}, {b}, 6, 40000, 80, 24, 2, 10, 70)",
+    ]
+    store.command(f"INSERT INTO packets ({columns}) VALUES {', '.join(rows)}")
     flows = store.dicts(
         "SELECT any(port_a) AS pa, any(port_b) AS pb, sum(packets_ab) AS ab, sum(packets_ba) AS ba,"
         " sum(bytes_ab) AS bytes_ab, max(syn_from) AS syn_from,"

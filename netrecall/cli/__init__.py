@@ -19,7 +19,16 @@ app = typer.Typer(
 
 # Each module has `register(app)`; the order is the order of `netrecall --help`.
 _COMMAND_MODULES = [
-    "schema", "storeinfo", "retention", "imports", "dissect", "export", "snapshot", "agent", "serve", "query",
+    "imports",
+    "dissect",
+    "query",
+    "export",
+    "snapshot",
+    "retention",
+    "schema",
+    "storeinfo",
+    "agent",
+    "serve",
     "demo",
 ]
 

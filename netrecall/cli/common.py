@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
-from enum import Enum
+from enum import Enum, StrEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any
 
@@ -17,7 +17,7 @@ from netrecall.config import default_store_url
 from netrecall.errors import NetrecallError
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     json = "json"
     jsonl = "jsonl"
@@ -26,10 +26,13 @@ class OutputFormat(str, Enum):
 
 StoreOption = Annotated[
     str | None,
-    typer.Option("--store", help="Store URL: chdb:///path or http(s)://user:pass@host:8123/db [env NETRECALL_STORE]"),
+    typer.Option(
+        "--store", help="Store URL: chdb:///path or http(s)://user:pass@host:8123/db [env NETRECALL_STORE]"
+    ),
 ]
 HubOption = Annotated[
-    str | None, typer.Option("--url", help="Work through a running `netrecall serve` hub instead of the store")
+    str | None,
+    typer.Option("--url", help="Work through a running `netrecall serve` hub instead of the store"),
 ]
 FormatOption = Annotated[OutputFormat, typer.Option("--format", help="Output format")]
 TokenOption = Annotated[
@@ -74,14 +77,22 @@ def plain(value: Any) -> Any:
     return value
 
 
-def emit(rows: Sequence[Mapping[str, Any]], fmt: OutputFormat, columns: Sequence[str] | None = None,
-         envelope: Mapping[str, Any] | None = None) -> None:
-    """Print rows as a terminal table, JSON (with an optional envelope such as total/truncated), JSONL or TSV."""
+def emit(
+    rows: Sequence[Mapping[str, Any]],
+    fmt: OutputFormat,
+    columns: Sequence[str] | None = None,
+    envelope: Mapping[str, Any] | None = None,
+) -> None:
+    """Print rows as a terminal table, JSON (optionally in an envelope with total/truncated), JSONL or TSV."""
     columns = list(columns or (rows[0].keys() if rows else []))
     if fmt is OutputFormat.json:
         payload: Any = [plain(dict(r)) for r in rows]
         if envelope is not None:
-            payload = {**plain(dict(envelope)), "rows": payload} if "rows" not in envelope else plain(dict(envelope))
+            payload = (
+                {**plain(dict(envelope)), "rows": payload}
+                if "rows" not in envelope
+                else plain(dict(envelope))
+            )
         json.dump(payload, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
     elif fmt is OutputFormat.jsonl:

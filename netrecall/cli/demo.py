@@ -1,8 +1,10 @@
-"""`netrecall demo`: import the recorded incident (netrecall/demo/) with its inventory, then say what to try.
+"""`netrecall demo`: import the recorded incident (netrecall/demo/) with its inventory, dissect it, show
+what failed and say what to try next.
 
 The capture is real traffic of a small shop whose payment service starts getting NXDOMAIN for its
 gateway's name; the inventory tags every packet with the pod, service and node it belonged to. Running
-the demo again changes nothing: a capture already imported is skipped, and so is its inventory.
+the demo again changes nothing: a capture already imported is skipped, and so is its inventory;
+dissection continues from its watermark, so it finds nothing new.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def demo_command(
     """Load the demo incident (a shop failing on DNS, captured from real traffic) into the store."""
     from netrecall.agent.identity import IdentityResolver
     from netrecall.demo import DEMO_INVENTORY, DEMO_NODE, DEMO_PCAP
+    from netrecall.dissect.runner import dissect
     from netrecall.ingest.importer import describe, file_sha256, import_files
 
     for path in (DEMO_PCAP, DEMO_INVENTORY):
@@ -44,6 +47,10 @@ def demo_command(
                 f"imported the demo incident into {store.address.display}: {describe(summary)}; "
                 f"{len(resolver)} workload identities"
             )
+        dissected = dissect(store)
+        typer.echo(f"dissected: {_calls_line(dissected.calls)}")
+        if not quiet:
+            typer.echo(_failures(store))
         first, last = store.rows(
             "SELECT toUnixTimestamp64Nano(min(ts)), toUnixTimestamp64Nano(max(ts)) FROM packets "
             "WHERE node = {n:String}",
@@ -53,6 +60,31 @@ def demo_command(
         store.close()
     if not quiet:
         typer.echo(_next_steps(store_url, first, last))
+
+
+def _calls_line(calls: dict[str, int]) -> str:
+    if not calls:
+        return "no new calls (already dissected)"
+    return ", ".join(f"{count:,} {protocol}" for protocol, count in sorted(calls.items())) + " calls"
+
+
+def _failures(store) -> str:
+    """The error summary and the failing DNS names, the two answers that point at the root cause."""
+    from netrecall.query.rca import Scope, dns_failures, summarize_errors
+
+    lines = ["", "What failed (errors grouped by source -> destination, protocol and code):"]
+    for group in summarize_errors(store, Scope(), limit=6)["groups"]:
+        lines.append(
+            f"  {group['count']:>4}  {group['kind']:<10} {group['src']} -> {group['dst']}  "
+            f"{group['code']} {group['status_text']}  {group['sample']}".rstrip()
+        )
+    lines += ["", "Failing DNS lookups:"]
+    for failure in dns_failures(store, Scope(), limit=3)["failures"]:
+        lines.append(
+            f"  {failure['count']:>4}  {failure['qname']} {failure['qtype']} -> {failure['rcode']}  "
+            f"asked by {failure['client']}, first at {failure['first_seen']}"
+        )
+    return "\n".join(lines)
 
 
 def _already_imported(store, source: str) -> bool:
@@ -87,15 +119,18 @@ def _next_steps(store_url: str | None, first_ns: int, last_ns: int) -> str:
             'FROM packets WHERE ip_version = 4 GROUP BY ALL ORDER BY packets DESC LIMIT 15"',
         ),
         ("The cluster's identities at the time of the capture:", f"{prog} workloads{store} --at {during}"),
-        ("Dissect the packets into HTTP and DNS calls:", f"{prog} dissect{store}"),
         (
-            "Then find the failures (DNS errors, HTTP 5xx):",
+            "Find the failures with KFL (DNS errors, HTTP 5xx):",
             f"{prog} query{store} 'dns && dns_response && status_code != 0'\n"
             f"  {prog} query{store} 'http && status_code >= 500'",
         ),
         (
             "Export the failing payment traffic for Wireshark:",
             f"{prog} export pcap{store} -o payment.pcap --namespace payment",
+        ),
+        (
+            "Let an AI agent investigate it (MCP over stdio; see README for the hub and Cursor forms):",
+            f"claude mcp add netrecall -- {prog} mcp{store}",
         ),
     ]
     lines = [

@@ -15,9 +15,12 @@ schema_app = typer.Typer(help="Show the table definitions.", no_args_is_help=Tru
 @schema_app.command("print")
 def print_schema(
     cluster: Annotated[
-        str | None, typer.Option("--cluster", help="Render ReplicatedMergeTree + Distributed tables ON CLUSTER")
+        str | None,
+        typer.Option("--cluster", help="Render ReplicatedMergeTree + Distributed tables ON CLUSTER"),
     ] = None,
-    ttl: Annotated[str | None, typer.Option("--ttl", help="Rolling window for the TTL clauses, e.g. 72h")] = None,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="Rolling window for the TTL clauses, e.g. 72h")
+    ] = None,
 ) -> None:
     """Print every CREATE statement netrecall runs, in order."""
     ttl_seconds = parse_duration_ns(ttl) // 1_000_000_000 if ttl else DEFAULT_TTL_SECONDS

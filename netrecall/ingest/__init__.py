@@ -1,1 +1,1 @@
-"""Reading captures (pcap, pcapng, live batches), decoding L2-L4 vectorised, and loading them into the store."""
+"""Reading captures (pcap, pcapng, live batches), decoding L2-L4 vectorised, loading them into the store."""

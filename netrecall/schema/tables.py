@@ -81,7 +81,7 @@ PACKETS = Table(
         ),
         *endpoint_columns("src"),
         *endpoint_columns("dst"),
-        ("data", "String CODEC(ZSTD(3))"),  # the whole frame exactly as captured
+        ("data", "String CODEC(ZSTD(1))"),  # the whole frame exactly as captured
     ],
     partition_by="toStartOfHour(stored_at)",
     order_by="(toStartOfMinute(ts), flow_id, ts)",
@@ -182,7 +182,8 @@ SELECT
     minIf(toNullable(ts), l4 = 6 AND bitAnd(tcp_flags, 0x12) = 0x12) AS synack_ts,
     countIf(l4 = 6 AND bitAnd(tcp_flags, 0x04) != 0) AS resets,
     countIf(l4 = 6 AND payload_len > 0) AS data_segments,
-    toUInt64(data_segments - uniqExactIf(toUInt8(fwd), tcp_seq, l4 = 6 AND payload_len > 0)) AS retransmissions,
+    toUInt64(data_segments - uniqExactIf(toUInt8(fwd), tcp_seq, l4 = 6 AND payload_len > 0))
+        AS retransmissions,
     anyLast(if(fwd, src_pod, dst_pod)) AS a_pod,
     anyLast(if(fwd, src_namespace, dst_namespace)) AS a_namespace,
     anyLast(if(fwd, src_service, dst_service)) AS a_service,
@@ -369,7 +370,6 @@ META = Table(
 )
 
 
-
 def _order_by_columns(order_by: str) -> str:
     """'(toStartOfMinute(ts), flow_id, ts)' -> 'toStartOfMinute(ts), flow_id, ts' (one tuple level off)."""
     inner = order_by.strip()
@@ -408,7 +408,16 @@ SNAPSHOT_TABLES = [SNAPSHOT_PACKETS, SNAPSHOT_FLOWS, SNAPSHOT_WORKLOADS, SNAPSHO
 
 # Order matters: `flows` must exist before the view that feeds it.
 TABLES: list[Table] = [
-    META, PACKETS, FLOWS, WORKLOADS, API_CALLS, DISSECT_STATE, IMPORTS, SNAPSHOTS, EXPORTS, *SNAPSHOT_TABLES
+    META,
+    PACKETS,
+    FLOWS,
+    WORKLOADS,
+    API_CALLS,
+    DISSECT_STATE,
+    IMPORTS,
+    SNAPSHOTS,
+    EXPORTS,
+    *SNAPSHOT_TABLES,
 ]
 ROLLING_TABLES = [t.name for t in TABLES if t.ttl]
 
@@ -452,11 +461,12 @@ def create_distributed_sql(table: Table, cluster: str) -> str:
 
 
 def flows_view_sql(cluster: str | None = None) -> str:
-    """The materialized view from packets to flows (local tables on a cluster: each shard aggregates its own)."""
+    """The view from packets to flows (on a cluster, over the local tables: each shard aggregates its own)."""
     suffix = LOCAL_SUFFIX if cluster else ""
     on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
     select = FLOWS_MV_SELECT.format(packets=f"packets{suffix}")
-    return f"CREATE MATERIALIZED VIEW IF NOT EXISTS flows_mv{suffix}{on_cluster} TO flows{suffix}\nAS{select}".rstrip()
+    header = f"CREATE MATERIALIZED VIEW IF NOT EXISTS flows_mv{suffix}{on_cluster} TO flows{suffix}"
+    return f"{header}\nAS{select}".rstrip()
 
 
 def schema_statements(ttl_seconds: int = DEFAULT_TTL_SECONDS, cluster: str | None = None) -> list[str]:
