@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 from collections.abc import Sequence
-from itertools import groupby
 from pathlib import Path
 
 import pyarrow as pa
@@ -72,22 +71,12 @@ def tshark_select(src: Path | str, display_filter: str, out: Path) -> list[tuple
 
 
 def assert_same_packets(ours: Sequence[tuple], reference: Sequence[tuple]) -> None:
-    """Same count, same timestamps in the same order, same bytes and lengths, packet by packet.
-
-    Packets with the very same nanosecond timestamp in different flows have no stored order between them
-    (the packets table keeps no capture sequence number), so within one such tie the packets are compared
-    as a sorted group; everything else is compared position by position.
-    """
+    """Same count, same timestamps in the same order, same bytes and lengths, packet by packet
+    (packets with the very same timestamp included: the stored capture sequence keeps their order)."""
     assert len(ours) == len(reference), f"{len(ours)} packets exported, reference has {len(reference)}"
     assert [p[0] for p in ours] == [p[0] for p in reference], "timestamps differ or are out of order"
-    for (_, mine), (_, theirs) in zip(
-        groupby(ours, key=lambda p: p[0]), groupby(reference, key=lambda p: p[0]), strict=True
-    ):
-        mine_list, theirs_list = list(mine), list(theirs)
-        if len(mine_list) == 1:
-            assert mine_list == theirs_list
-        else:
-            assert sorted(mine_list) == sorted(theirs_list)
+    for index, (mine, theirs) in enumerate(zip(ours, reference, strict=True)):
+        assert mine == theirs, f"packet {index} differs"
 
 
 def tool_warnings(path: Path | str) -> list[str]:

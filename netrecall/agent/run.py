@@ -278,6 +278,7 @@ class Agent:
             "packets", max_rows=cfg.batch_rows, max_bytes=cfg.batch_bytes, max_age_s=cfg.batch_seconds
         )
         source = f"agent:{cfg.node}"
+        captured_seq = 0  # capture order of frames with equal timestamps (the packets `seq` column)
         deadline = time.monotonic() + cfg.duration_s if cfg.duration_s else None
         next_log = time.monotonic() + cfg.log_every_s
         next_checkpoint = time.monotonic() + 1.0
@@ -294,7 +295,8 @@ class Agent:
             elif chunk is not False:
                 with self._queued_lock:
                     self._queued_bytes -= int(chunk.data.nbytes)
-                batcher.add(decode_frames(chunk, node=cfg.node, source=source))
+                batcher.add(decode_frames(chunk, node=cfg.node, source=source, first_seq=captured_seq))
+                captured_seq += len(chunk)
                 del chunk
             self.metrics.set_gauge("queue_chunks", self._chunks.qsize())
             batch = batcher.take(force=capture_done)

@@ -57,6 +57,7 @@ PACKET_ARROW_SCHEMA = pa.schema(
         ("iface", pa.string()),
         ("direction", pa.uint8()),
         ("source", pa.string()),
+        ("seq", pa.uint64()),
         ("link_type", pa.uint16()),
         ("caplen", pa.uint32()),
         ("origlen", pa.uint32()),
@@ -183,8 +184,13 @@ def _link_layer(frames: _Frames, link_type: np.ndarray, direction: np.ndarray):
     return l3, proto, vlan, direction
 
 
-def decode_frames(chunk: FrameChunk, node: str = "", source: str = "", exact_data: bool = True) -> pa.Table:
+def decode_frames(
+    chunk: FrameChunk, node: str = "", source: str = "", exact_data: bool = True, first_seq: int = 0
+) -> pa.Table:
     """The `packets` columns for every frame of the chunk (schema PACKET_ARROW_SCHEMA).
+
+    `first_seq` is the capture sequence number of the chunk's first frame (frames before it in the same
+    source), so `seq` keeps the capture order across chunks.
 
     With exact_data=False a chunk with gaps between frames is not compacted: `data` then holds each
     frame followed by the gap after it, and the caller must trim it to `caplen` (the chDB import does
@@ -272,6 +278,7 @@ def decode_frames(chunk: FrameChunk, node: str = "", source: str = "", exact_dat
         _iface_column(chunk, n),
         pa.array(direction.astype(np.uint8)),
         pa.repeat(pa.scalar(source, pa.string()), n),
+        pa.array(np.arange(first_seq, first_seq + n, dtype=np.uint64)),
         pa.array(link_type.astype(np.uint16)),
         pa.array(np.asarray(chunk.caplen, dtype=np.uint32)),
         pa.array(np.asarray(chunk.origlen, dtype=np.uint32)),

@@ -175,7 +175,13 @@ def import_file(
     ):
         first, last = None, None
         for chunk in reader.chunks():
-            table = decode_frames(chunk, node=node, source=result.source, exact_data=not inserter.trims)
+            table = decode_frames(
+                chunk,
+                node=node,
+                source=result.source,
+                exact_data=not inserter.trims,
+                first_seq=result.packets,
+            )
             if resolver is not None:
                 table = resolver.enrich(table)
             inserter.put(table)

@@ -202,14 +202,13 @@ def _write_packets(
     annotate: bool,
 ) -> dict[str, Any]:
     extra = f", {_ANNOTATE_COLUMNS}" if annotate else ""
-    # Ties on the very same nanosecond: flow, then the order within the part, which keeps a flow's
-    # packets in capture order (the table keeps no capture sequence number across flows).
+    # Ties on the very same nanosecond keep capture order: `seq` numbers the frames of each source.
     sql = (
         f"SELECT toUnixTimestamp64Nano(ts) AS ts_ns, node, iface, link_type, toUInt8(direction) AS dir, "
         f"origlen, data{extra} "
         f"FROM {selection.table} WHERE {selection.where} "
         "AND ts >= fromUnixTimestamp64Nano({c_lo:Int64}) AND ts < fromUnixTimestamp64Nano({c_hi:Int64}) "
-        f"ORDER BY ts, flow_id{_storage_order(store, selection.table)}"
+        "ORDER BY ts, source, seq"
     )
     settings = {"max_bytes_before_external_sort": SORT_SPILL_BYTES, "max_block_size": 4096}
     stats: dict[str, Any] = {
@@ -227,15 +226,6 @@ def _write_packets(
         for batch in store.arrow_stream(sql, params, settings):
             _write_batch(batch.to_pydict(), stats, pcap, pcapng, annotate)
     return stats
-
-
-def _storage_order(store: Store, table: str) -> str:
-    """', _part_offset' on a MergeTree table; nothing through a Distributed one, which may not expose it."""
-    engine = store.scalar(
-        "SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
-        {"t": table},
-    )
-    return "" if engine == "Distributed" else ", _part_offset"
 
 
 def _write_batch(

@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from netrecall.errors import NetrecallError
-from netrecall.schema.tables import DEFAULT_TTL_SECONDS, schema_statements
+from netrecall.schema.tables import DEFAULT_TTL_SECONDS, FLOWS, PACKETS, Table, schema_statements
 from netrecall.store import Store
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# MIGRATIONS[n] takes a store at version n to n + 1. Version 0 is an empty database: its step is the
-# whole current schema, so a new store and a migrated one end up with the same tables.
-MIGRATIONS: dict[int, list[str]] = {0: []}
+
+def _column(table: Table, name: str) -> str:
+    """`name type` as the current definition has it, so a migration adds exactly what a new store has."""
+    return f"`{name}` {dict(table.columns)[name]}"
+
+
+def _v1_to_v2(existing: set[str]) -> list[str]:
+    """packets gain `seq` (capture order among equal timestamps) and a cheaper frame codec; flows trade
+    the exact per-flow sequence set for a per-batch retransmission count (the view is recreated after).
+    Tables a version-1 store may not have yet (snapshot_*) are created afterwards in their new shape."""
+    steps = ["DROP VIEW IF EXISTS flows_mv"]
+    for table in {"packets", "snapshot_packets"} & existing:
+        steps += [
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {_column(PACKETS, 'seq')} AFTER source",
+            f"ALTER TABLE {table} MODIFY COLUMN {_column(PACKETS, 'data')}",
+        ]
+    for table in {"flows", "snapshot_flows"} & existing:
+        steps += [
+            f"ALTER TABLE {table} DROP COLUMN IF EXISTS uniq_segments",
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {_column(FLOWS, 'retransmissions')} "
+            "AFTER data_segments",
+        ]
+    return steps
+
+
+# MIGRATIONS[n] takes a store at version n to n + 1; afterwards the current schema's CREATE ... IF NOT
+# EXISTS statements add whatever is new (tables, and views a step dropped to change their tables).
+# An empty database (version 0) gets the current schema directly. On a cluster, run the same steps
+# ON CLUSTER against the *_local tables (docs/scaling.md).
+MIGRATIONS: dict[int, Callable[[set[str]], list[str]]] = {1: _v1_to_v2}
 
 
 def stored_version(store: Store) -> int:
@@ -31,11 +60,13 @@ def ensure_schema(store: Store) -> int:
         )
     if version == SCHEMA_VERSION:
         return version
+    # An empty database (version 0) takes the current schema as is; an older store walks the steps first.
+    for step in range(version, SCHEMA_VERSION) if version else ():
+        existing = {row[0] for row in store.rows("SHOW TABLES")}
+        for statement in MIGRATIONS[step](existing):
+            store.command(statement)
     for statement in schema_statements(ttl_seconds=current_ttl_seconds(store)):
         store.command(statement)
-    for step in range(version, SCHEMA_VERSION):
-        for statement in MIGRATIONS.get(step, []):
-            store.command(statement)
     store.command(
         "INSERT INTO netrecall_meta (key, value) VALUES ('schema_version', {v:String})",
         {"v": str(SCHEMA_VERSION)},

@@ -56,6 +56,9 @@ PACKETS = Table(
         ("iface", "LowCardinality(String)"),
         ("direction", "Enum8('unknown' = 0, 'in' = 1, 'out' = 2)"),
         ("source", "LowCardinality(String)"),  # capture id: file sha256 or agent/iface, for idempotent loads
+        # frame number within its source (record index in the file; per-run counter live): restores
+        # capture order among packets with the very same timestamp, which ORDER BY cannot
+        ("seq", "UInt64 CODEC(Delta, ZSTD(1))"),
         ("link_type", "UInt16"),
         ("caplen", "UInt32"),
         ("origlen", "UInt32"),

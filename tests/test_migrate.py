@@ -1,0 +1,62 @@
+"""Migration: a store made by schema version 1 (its DDL frozen in tests/fixtures) moves to the current
+version with its data, and ends up with exactly the columns, codecs and view of a new store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from netrecall.schema.migrate import SCHEMA_VERSION, ensure_schema, stored_version
+from netrecall.store import open_store
+
+V1_DDL = Path(__file__).parent / "fixtures" / "schema_v1.sql"
+
+
+def _statements(text: str) -> list[str]:
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+    return [s.strip() for s in body.split(";\n") if s.strip()]
+
+
+def _shape(store) -> dict:
+    """Every column (position, type, codec) and the flows view's query, by table."""
+    columns = store.rows(
+        "SELECT table, position, name, type, compression_codec FROM system.columns "
+        "WHERE database = currentDatabase() ORDER BY table, position"
+    )
+    views = store.rows(
+        "SELECT name, replace(as_select, currentDatabase() || '.', '') FROM system.tables "
+        "WHERE database = currentDatabase() AND engine = 'MaterializedView'"
+    )
+    return {"columns": columns, "views": views}
+
+
+def test_version_1_store_migrates_to_the_current_shape_keeping_its_data(store_url, chdb_path):
+    old = open_store(store_url)
+    for statement in _statements(V1_DDL.read_text()):
+        old.command(statement)
+    old.command("INSERT INTO netrecall_meta (key, value) VALUES ('schema_version', '1')")
+    a, b = "'::ffff:10.0.0.1'", "'::ffff:10.0.0.2'"
+    columns = "ts, node, ip_version, src_ip, dst_ip, l4, src_port, dst_port, tcp_flags, payload_len, origlen"
+    old.command(
+        f"INSERT INTO packets ({columns}, caplen, data) VALUES "
+        f"('2026-01-01 00:00:00.000000001', 'n1', 4, {a}, {b}, 6, 40000, 80, 2, 0, 3, 3, 'a\\0b')"
+    )
+    assert stored_version(old) == 1
+
+    assert ensure_schema(old) == SCHEMA_VERSION == 2
+    assert stored_version(old) == SCHEMA_VERSION
+    # the old rows are still there, the new column takes its default, and new inserts feed the new flows
+    kept = old.rows(
+        "SELECT count(), any(seq), any(data) AS data FROM packets", column_formats={"data": "bytes"}
+    )
+    assert kept == [(1, 0, b"a\x00b")]
+    segment = f"'2026-01-01 00:00:01', 'n1', 4, {a}, {b}, 6, 40000, 80, 24, 5, 60, 7"
+    old.command(f"INSERT INTO packets ({columns}, tcp_seq, seq) VALUES ({segment}, 1), ({segment}, 2)")
+    assert old.rows("SELECT sum(retransmissions), sum(packets_ab) FROM flows") == [(1, 3)]
+
+    fresh = open_store(f"chdb://{chdb_path}?database={old.database}_fresh")
+    ensure_schema(fresh)
+    try:
+        assert _shape(old) == _shape(fresh)
+    finally:
+        for migrated in (old, fresh):
+            migrated.command(f"DROP DATABASE IF EXISTS {migrated.database}")
