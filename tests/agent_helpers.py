@@ -10,11 +10,16 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dpkt
 import pyarrow as pa
 import pyarrow.ipc as ipc
+
+from tests.conftest import require_tool
+from tests.netlab import NetLab
 
 PYTHON = sys.executable
 
@@ -132,3 +137,32 @@ def http_traffic(client_prefix: list[str], url: str, requests: int, parallel: in
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+
+@contextmanager
+def two_pod_lab() -> Iterator[NetLab]:
+    """A node with pods a (10) and b (11) on its bridge, a Python HTTP server on b:8080 answering a."""
+    require_tool("curl")
+    lab = NetLab().up()
+    try:
+        lab.add_pod("a", 10)
+        lab.add_pod("b", 11)
+        server = subprocess.Popen(
+            lab.in_pod("b", "python3", "-m", "http.server", "8080", "--bind", lab.pods["b"].ip),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/usr/share/doc",
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                url = f"http://{lab.pods['b'].ip}:8080/"
+                if subprocess.run(lab.in_pod("a", "curl", "-s", "-o", "/dev/null", url)).returncode == 0:
+                    break
+                time.sleep(0.2)
+            yield lab
+        finally:
+            server.terminate()
+            server.wait(5)
+    finally:
+        lab.down()

@@ -24,6 +24,7 @@ from tests.agent_helpers import (
     pcap_frames,
     start_tcpdump,
     stored_frames,
+    two_pod_lab,
 )
 from tests.conftest import require_tool
 from tests.netlab import NetLab
@@ -34,28 +35,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces ne
 @pytest.fixture(scope="module")
 def lab():
     require_tool("tcpdump")
-    require_tool("curl")
-    lab = NetLab().up()
-    lab.add_pod("a", 10)
-    lab.add_pod("b", 11)
-    server = subprocess.Popen(
-        lab.in_pod("b", "python3", "-m", "http.server", "8080", "--bind", lab.pods["b"].ip),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd="/usr/share/doc",
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        probe = subprocess.run(
-            lab.in_pod("a", "curl", "-s", "-o", "/dev/null", f"http://{lab.pods['b'].ip}:8080/")
-        )
-        if probe.returncode == 0:
-            break
-        time.sleep(0.2)
-    yield lab
-    server.terminate()
-    server.wait(5)
-    lab.down()
+    with two_pod_lab() as running:
+        yield running
 
 
 def _bcc_available() -> bool:

@@ -32,6 +32,7 @@ from tests.agent_helpers import (
     pcap_frames,
     start_tcpdump,
     stored_frames,
+    two_pod_lab,
 )
 from tests.conftest import require_tool
 from tests.netlab import NetLab
@@ -51,27 +52,8 @@ def lab():
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     require_tool("tcpdump")
-    require_tool("curl")
-    lab = NetLab().up()
-    lab.add_pod("a", 10)
-    lab.add_pod("b", 11)
-    server = subprocess.Popen(
-        lab.in_pod("b", "python3", "-m", "http.server", "8080", "--bind", lab.pods["b"].ip),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd="/usr/share/doc",
-    )
-    for _ in range(50):
-        probe = subprocess.run(
-            lab.in_pod("a", "curl", "-s", "-o", "/dev/null", f"http://{lab.pods['b'].ip}:8080/")
-        )
-        if probe.returncode == 0:
-            break
-        time.sleep(0.2)
-    yield lab
-    server.terminate()
-    server.wait(5)
-    lab.down()
+    with two_pod_lab() as running:
+        yield running
 
 
 def _chfront(path: Path, host: str, port: int) -> Proc:

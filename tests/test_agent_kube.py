@@ -9,7 +9,6 @@ away) must be survived by relisting.
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,8 +17,7 @@ import pytest
 
 from netrecall.agent.identity import IdentityResolver
 from netrecall.agent.kube import KubeWatcher
-from tests.agent_helpers import Proc, agent_cmd, dump_store, http_traffic
-from tests.conftest import require_tool
+from tests.agent_helpers import Proc, agent_cmd, dump_store, http_traffic, two_pod_lab
 from tests.kubeapi import pod_manifest, set_pod_running, start_kube_api
 from tests.netlab import NetLab
 
@@ -29,27 +27,8 @@ MARGIN_NS = 1_500_000_000  # how long after an API call returns its watch event 
 
 @pytest.fixture(scope="module")
 def lab():
-    require_tool("curl")
-    lab = NetLab().up()
-    lab.add_pod("a", 10)
-    lab.add_pod("b", 11)
-    server = subprocess.Popen(
-        lab.in_pod("b", "python3", "-m", "http.server", "8080", "--bind", lab.pods["b"].ip),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd="/usr/share/doc",
-    )
-    for _ in range(50):
-        probe = subprocess.run(
-            lab.in_pod("a", "curl", "-s", "-o", "/dev/null", f"http://{lab.pods['b'].ip}:8080/")
-        )
-        if probe.returncode == 0:
-            break
-        time.sleep(0.2)
-    yield lab
-    server.terminate()
-    server.wait(5)
-    lab.down()
+    with two_pod_lab() as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
