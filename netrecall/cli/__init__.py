@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from netrecall.errors import NetrecallError
@@ -48,14 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     except NetrecallError as exc:
         print(f"netrecall: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("netrecall: aborted", file=sys.stderr)
         return 130
+    except typer.TyperException as exc:  # usage errors: typer vendors click, these are its exceptions
+        exc.show()
+        return exc.exit_code
     except KeyboardInterrupt:
         print("netrecall: interrupted", file=sys.stderr)
         return 130
