@@ -192,7 +192,9 @@ def _open_http(address: StoreURL) -> Any:
             autogenerate_session_id=False,
         )
     except Exception as exc:  # connection refused, TLS, auth: all one line for the user
-        raise NetrecallError(f"cannot reach ClickHouse at {address.display}: {_first_line(exc)}") from None
+        raise NetrecallError(
+            f"cannot reach ClickHouse at {address.display}: {_connect_reason(exc)}"
+        ) from None
     return client
 
 
@@ -274,6 +276,13 @@ def _explain_chdb_refusal(path: str, exc: Exception) -> str:
         f"the embedded store at {path} is in use by {who}: an embedded store has one owner at a time; "
         f"run this command through it with --url {hub}, or stop it first"
     )
+
+
+def _connect_reason(exc: BaseException) -> str:
+    """The socket's own words ('[Errno 111] Connection refused') rather than the driver's retry story."""
+    text = _first_line(exc)
+    errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    return errno.group(0).strip() if errno else text
 
 
 def _first_line(exc: BaseException) -> str:

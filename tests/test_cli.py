@@ -23,6 +23,7 @@ def netrecall(*args: str) -> subprocess.CompletedProcess:
         (("nosuchcommand",), "No such command 'nosuchcommand'"),
         (("schema", "print", "--ttl", "5x"), "invalid duration '5x'"),
         (("query", "http", "--store", "ftp://nowhere"), "scheme must be chdb://, http:// or https://"),
+        (("store", "info", "--store", "http://127.0.0.1:1/db"), "Connection refused"),
     ],
 )
 def test_bad_usage_is_a_message_not_a_traceback(args, says):
@@ -30,6 +31,8 @@ def test_bad_usage_is_a_message_not_a_traceback(args, says):
     assert done.returncode == 2
     assert says in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+    if "Usage:" not in done.stderr:  # our own errors are exactly one line
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_help_exits_zero():

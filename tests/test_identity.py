@@ -388,6 +388,13 @@ def test_bad_inventory_is_one_line_error(tmp_path, content, message):
         IdentityResolver.from_inventory(tmp_path / "missing.json")
 
 
+def test_binary_inventory_is_one_line_error(tmp_path):
+    path = tmp_path / "inv.json"
+    path.write_bytes(b'{"kind": "List", "items": []}\x82\xff')
+    with pytest.raises(NetrecallError, match="not UTF-8 text at byte 29"):
+        IdentityResolver.from_inventory(path)
+
+
 def _random_resolver(data) -> tuple[IdentityResolver, list[str]]:
     ips = [f"10.0.0.{i}" for i in range(1, 6)] + ["10.96.0.1", "192.168.1.11"]
     resolver = IdentityResolver(source="prop")

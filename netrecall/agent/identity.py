@@ -269,6 +269,11 @@ class IdentityResolver:
             text = path.read_text()
         except OSError as exc:
             raise NetrecallError(f"inventory {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise NetrecallError(
+                f"inventory {path}: not UTF-8 text at byte {exc.start}: "
+                "expected the output of `kubectl get pods,svc -A -o json`"
+            ) from None
         items = _parse_items(text, path)
         resolver = cls(source=source or f"inventory:{path.name}")
         resolver.load_items(items)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import typer
@@ -42,6 +44,8 @@ def _register_commands() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every failure is one line on stderr and a non-zero exit, never a traceback."""
     _register_commands()
+    # The ClickHouse driver logs its failures before raising them; the raised error is what users see.
+    logging.getLogger("clickhouse_connect").addHandler(logging.NullHandler())
     try:
         app(args=argv, standalone_mode=False)
     except NetrecallError as exc:
@@ -60,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # a bug of ours: still one line for the user, the traceback on request
+        if os.environ.get("NETRECALL_DEBUG"):
+            raise
+        print(
+            f"netrecall: internal error: {type(exc).__name__}: {exc} "
+            "(set NETRECALL_DEBUG=1 for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
