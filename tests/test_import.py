@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import shutil
 import struct
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from netrecall.ingest.capture_file import CaptureReader
-from netrecall.ingest.importer import import_files
+from netrecall.ingest.importer import FileDigests, import_files
 from tests.conftest import CAPTURES, DPKT_EXAMPLES, require_tool
 from tests.import_reference import stored_frames, tshark_frames
 
@@ -50,6 +51,31 @@ def test_import_matches_tshark(store, path: Path) -> None:
     if any(frame[4] for frame in expected):
         assert store.scalar("SELECT count() FROM flows") > 0
         assert summary.flows == store.scalar("SELECT uniqExact(flow_id) FROM packets WHERE ip_version != 0")
+
+
+def test_file_digests_are_the_sha256_of_each_file_in_turn(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.pcap"
+    shutil.copy(CAPTURES / "lo-http.pcap", copy)
+    paths = [CAPTURES / "lo-http.pcap", DPKT_EXAMPLES / "http.pcap", copy]
+    digests = FileDigests(paths)
+    expected = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    assert [digests.get(p) for p in paths] == expected
+    assert expected[0] == expected[2] != expected[1]
+
+
+def test_packets_are_written_as_compact_parts(store, tmp_path: Path) -> None:
+    """One file per part instead of two per column: what makes an insert cheap (docs/schema.md). The
+    capture is the real lo-http.pcap repeated to 16 MB, past ClickHouse's default 10 MB Wide threshold."""
+    raw = (CAPTURES / "lo-http.pcap").read_bytes()
+    header, records = raw[:24], raw[24:]
+    big = tmp_path / "big.pcap"
+    big.write_bytes(header + records * (16 * 2**20 // len(records) + 1))
+    import_files(store, [big])
+    parts = store.rows(
+        "SELECT DISTINCT part_type FROM system.parts WHERE active AND database = currentDatabase() "
+        "AND table = 'packets'"
+    )
+    assert parts == [("Compact",)]
 
 
 def test_vlan_tags_and_fragments(store) -> None:

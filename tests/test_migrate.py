@@ -17,7 +17,8 @@ def _statements(text: str) -> list[str]:
 
 
 def _shape(store) -> dict:
-    """Every column (position, type, codec) and the flows view's query, by table."""
+    """Every column (position, type, codec), each table's engine clause (keys, TTL, settings) and the flows
+    view's query, by table."""
     columns = store.rows(
         "SELECT table, position, name, type, compression_codec FROM system.columns "
         "WHERE database = currentDatabase() ORDER BY table, position"
@@ -26,7 +27,18 @@ def _shape(store) -> dict:
         "SELECT name, replace(as_select, currentDatabase() || '.', '') FROM system.tables "
         "WHERE database = currentDatabase() AND engine = 'MaterializedView'"
     )
-    return {"columns": columns, "views": views}
+    engines = store.rows(
+        "SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() "
+        "AND engine LIKE '%MergeTree' ORDER BY name"
+    )
+    engines = [(name, _settings_sorted(engine)) for name, engine in engines]
+    return {"columns": columns, "views": views, "engines": engines}
+
+
+def _settings_sorted(engine_full: str) -> str:
+    """An ALTER ... MODIFY SETTING appends the setting: the order of SETTINGS items carries no meaning."""
+    clause, _, settings = engine_full.partition(" SETTINGS ")
+    return f"{clause} SETTINGS {', '.join(sorted(settings.split(', ')))}"
 
 
 def test_version_1_store_migrates_to_the_current_shape_keeping_its_data(store_url, chdb_path):
@@ -42,7 +54,7 @@ def test_version_1_store_migrates_to_the_current_shape_keeping_its_data(store_ur
     )
     assert stored_version(old) == 1
 
-    assert ensure_schema(old) == SCHEMA_VERSION == 2
+    assert ensure_schema(old) == SCHEMA_VERSION == 3
     assert stored_version(old) == SCHEMA_VERSION
     # the old rows are still there, the new column takes its default, and new inserts feed the new flows
     kept = old.rows(
