@@ -199,3 +199,11 @@ def test_cli_bad_inputs_one_line_no_traceback(tmp_path: Path) -> None:
     assert f"{mid}: byte offset {_pcap_records(bytes(data))[5]}: damaged record header" in mixed.stderr
     assert f"imported {len(tshark_frames(PCAP)) - 1} packets" in mixed.stdout
     assert "1 skipped" in mixed.stdout
+
+
+def test_missing_file_is_one_error_and_the_others_import(store, tmp_path: Path) -> None:
+    missing = tmp_path / "gone.pcap"
+    summary = import_files(store, [missing, PCAP], errors="collect")
+    assert [f.status for f in summary.files] == ["failed", "imported"]
+    assert summary.files[0].error == f"{missing}: cannot read: No such file or directory"
+    assert summary.packets == len(tshark_frames(PCAP))

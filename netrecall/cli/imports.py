@@ -24,18 +24,25 @@ def import_command(
     store_url: StoreOption = None,
 ) -> None:
     """Import capture files (skips a file whose exact content was imported before)."""
-    from netrecall.ingest.importer import describe, import_files, import_paths_sorted
+    from netrecall.ingest.importer import FileDigests, describe, import_files, import_paths_sorted
 
+    paths = import_paths_sorted(files)
+    digests = FileDigests(paths)  # hashing the files overlaps loading the inventory and opening the store
     resolver = None
     if inventory is not None:
         from netrecall.agent.identity import IdentityResolver
 
         resolver = IdentityResolver.from_inventory(inventory)
-    paths = import_paths_sorted(files)
     store = open_cli_store(store_url)
     try:
         summary = import_files(
-            store, paths, node=node, resolver=resolver, progress=sys.stderr.isatty(), errors="collect"
+            store,
+            paths,
+            node=node,
+            resolver=resolver,
+            progress=sys.stderr.isatty(),
+            errors="collect",
+            digests=digests,
         )
     finally:
         store.close()

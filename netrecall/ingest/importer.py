@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,32 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class FileDigests:
+    """The sha256 of each file, computed ahead in one background thread.
+
+    hashlib releases the GIL on large blocks, so hashing overlaps whatever runs meanwhile: the embedded
+    engine starting (the CLI creates this before opening the store), then the import of the previous
+    file. A daemon thread, so an early exit never waits for a large file to be hashed.
+    """
+
+    def __init__(self, paths: Iterable[str | Path]) -> None:
+        self.futures: dict[Path, Future[str]] = {Path(p): Future() for p in paths}
+        threading.Thread(target=self._run, name="netrecall-sha256", daemon=True).start()
+
+    def _run(self) -> None:
+        for path, future in self.futures.items():
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(file_sha256(path))
+            except BaseException as exc:  # handed to whoever asks for this file
+                future.set_exception(exc)
+
+    def get(self, path: Path) -> str:
+        future = self.futures.get(path)
+        return file_sha256(path) if future is None else future.result()
+
+
 def import_files(
     store: Store,
     paths: Iterable[str | Path],
@@ -120,12 +147,16 @@ def import_files(
     resolver: Resolver | None = None,
     progress: bool = False,
     errors: str = "raise",
+    digests: FileDigests | None = None,
 ) -> ImportSummary:
     """Import every file in order.
 
     errors='raise' stops at the first unreadable file; 'collect' records it in the summary and goes on.
+    `digests` may be started by the caller before it opens the store, so the hashing overlaps that.
     """
     started = time.perf_counter()
+    paths = [Path(p) for p in paths]
+    digests = digests or FileDigests(paths)
     summary = ImportSummary()
     if resolver is not None:
         workloads = resolver.workload_rows()
@@ -133,7 +164,9 @@ def import_files(
             store.insert_arrow("workloads", workloads)
     for path in paths:
         try:
-            result = import_file(store, Path(path), node=node, resolver=resolver, progress=progress)
+            result = import_file(
+                store, path, node=node, resolver=resolver, progress=progress, digests=digests
+            )
         except NetrecallError as exc:
             if errors == "raise":
                 raise
@@ -144,14 +177,19 @@ def import_files(
 
 
 def import_file(
-    store: Store, path: Path, node: str = "", resolver: Resolver | None = None, progress: bool = False
+    store: Store,
+    path: Path,
+    node: str = "",
+    resolver: Resolver | None = None,
+    progress: bool = False,
+    digests: FileDigests | None = None,
 ) -> FileSummary:
     """Import one file (see the module docstring for the idempotency rule)."""
     started = time.perf_counter()
     result = FileSummary(str(path))
     if path.is_dir():
         raise NetrecallError(f"{path}: is a directory, not a capture file")
-    result.source = file_sha256(path)
+    result.source = digests.get(path) if digests is not None else file_sha256(path)
     params = {"s": result.source}
     recorded = store.rows(
         "SELECT argMax(packets, imported_at) FROM imports WHERE source = {s:String} GROUP BY source", params
