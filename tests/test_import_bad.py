@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from netrecall.errors import NetrecallError
@@ -207,3 +208,36 @@ def test_missing_file_is_one_error_and_the_others_import(store, tmp_path: Path) 
     assert [f.status for f in summary.files] == ["failed", "imported"]
     assert summary.files[0].error == f"{missing}: cannot read: No such file or directory"
     assert summary.packets == len(tshark_frames(PCAP))
+
+
+class _BreaksAfter:
+    """A resolver whose later tables have a column the first did not: the streaming INSERT fails mid-file."""
+
+    def __init__(self, good_chunks: int) -> None:
+        self.good_chunks = good_chunks
+        self.calls = 0
+
+    def enrich(self, table: pa.Table) -> pa.Table:
+        self.calls += 1
+        if self.calls <= self.good_chunks:
+            return table
+        return table.append_column("src_pod", pa.repeat(pa.scalar("x", pa.string()), table.num_rows))
+
+    def workload_rows(self) -> pa.Table:
+        return pa.table({})
+
+
+def test_insert_failing_mid_file_is_an_error_and_a_retry_imports_it_whole(store, tmp_path: Path) -> None:
+    raw = PCAP.read_bytes()
+    header, records = raw[:24], raw[24:]
+    big = tmp_path / "big.pcap"  # 8 read chunks: parts are written before the failure
+    copies = 64 * 2**20 // len(records) + 1
+    big.write_bytes(header + records * copies)
+    with pytest.raises(NetrecallError, match=r"^(insert failed|ClickHouse): "):
+        import_files(store, [big], resolver=_BreaksAfter(good_chunks=6))
+    assert store.scalar("SELECT count() FROM imports") == 0  # not recorded as imported
+    again = import_files(store, [big]).files[0]
+    assert again.status == "imported"
+    total = copies * len(tshark_frames(PCAP))
+    stored = store.rows("SELECT count(), uniqExact(seq), max(seq) FROM packets")
+    assert again.packets == total and stored == [(total, total, total - 1)]

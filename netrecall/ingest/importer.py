@@ -37,13 +37,15 @@ from netrecall.store import Store, clickhouse_errors, open_store
 BATCH_ROWS = 49_152  # rows per insert (one part each)
 BATCH_BYTES = 16 << 20  # ... fewer when the frames are large: with chDB's own ~300 MB this bounds peak RSS
 INSERT_WORKERS = 2  # concurrent inserts on chDB: paired runs on 2 cores were 20-30% faster than one, same RSS
-DEFERRED_MERGE_PARTS = 200  # on chDB, merges wait until the import ends or this many parts were written
+DEFERRED_MERGE_ROWS = 200 * BATCH_ROWS  # on chDB, merges wait until the import ends or ~200 parts were made
 INSERT_SETTINGS = {
     # Block deduplication would silently drop a re-import of rows removed after an interrupted import:
     # idempotency is handled here, by the file's sha256.
     "insert_deduplicate": 0,
 }
-HASH_BLOCK = 8 << 20
+# Hashing runs beside other Python work: each block's read and update release the GIL, and getting it back
+# can take the interpreter's 5 ms switch interval, so few large blocks (into one reused buffer) keep it fast.
+HASH_BLOCK = 32 << 20
 
 
 class Resolver(Protocol):
@@ -105,10 +107,11 @@ class ImportSummary:
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
+    buffer = memoryview(bytearray(HASH_BLOCK))
     try:
-        with open(path, "rb") as handle:
-            while block := handle.read(HASH_BLOCK):
-                digest.update(block)
+        with open(path, "rb", buffering=0) as handle:
+            while got := handle.readinto(buffer):
+                digest.update(buffer[:got])
     except OSError as exc:
         raise NetrecallError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return digest.hexdigest()
@@ -157,6 +160,7 @@ def import_files(
     started = time.perf_counter()
     paths = [Path(p) for p in paths]
     digests = digests or FileDigests(paths)
+    _import_pandas_now()
     summary = ImportSummary()
     if resolver is not None:
         workloads = resolver.workload_rows()
@@ -174,6 +178,12 @@ def import_files(
         summary.files.append(result)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _import_pandas_now() -> None:
+    """pyarrow's array() and chDB's Python() reader import pandas on first use (~0.2 s holding the GIL).
+    Doing it here overlaps it with the first file's hashing instead of stalling the first chunk."""
+    import pandas  # noqa: F401
 
 
 def import_file(
@@ -298,21 +308,25 @@ def remove_partial_import(store: Store, source: str) -> int:
 
 
 class _Inserter:
-    """Batches decoded tables and inserts them from worker threads, a bounded number in flight.
+    """Hands decoded tables to worker threads that insert them, a bounded number in flight.
 
-    On chDB each worker has its own connection handle to the same engine (a handle serialises its
-    calls), so two inserts can run in C++ on two cores while this thread decodes the next batch.
+    On chDB each worker runs ONE streaming `INSERT ... SELECT ... FROM Python(reader)` for the whole
+    file, its reader pulling tables from the shared queue: the engine squashes them into parts of
+    BATCH_ROWS / BATCH_BYTES, and the query (and the flows view's) is planned once per file instead of
+    once per part - ~13 ms of CPU per INSERT of a 40-column table through Python(), ~30 ms with the view.
+    Each worker has its own connection handle (a handle serialises its calls), so two inserts run in
+    C++ on two cores while this thread decodes. On a server store, batches go one INSERT each.
     """
 
     def __init__(
-        self, store: Store, workers: int = INSERT_WORKERS, on_insert: Callable[[], None] | None = None
+        self, store: Store, workers: int = INSERT_WORKERS, on_insert: Callable[[int], None] | None = None
     ) -> None:
         self.stores = [store]
         self.on_insert = on_insert
         # On chDB the frames go in untrimmed (each followed by the next record's header) and the engine
         # cuts them to caplen: one substring() per row in C++ instead of one copy per frame in Python.
-        self.trims = store.kind == "chdb"
-        if self.trims:
+        self.streams = self.trims = store.kind == "chdb"
+        if self.streams:
             self.stores += [open_store(store.address.display) for _ in range(workers - 1)]
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
@@ -331,6 +345,9 @@ class _Inserter:
 
     def put(self, table: pa.Table) -> None:
         self._check()
+        if self.streams:  # the engine batches the stream itself
+            self._hand_over(table)
+            return
         self.pending.append(table)
         self.pending_rows += table.num_rows
         self.pending_bytes += table.nbytes
@@ -342,13 +359,18 @@ class _Inserter:
             return
         batch = pa.concat_tables(self.pending) if len(self.pending) > 1 else self.pending[0]
         self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
+        self._hand_over(batch)
+
+    def _hand_over(self, batch: pa.Table) -> None:
         while True:  # wait for room, but notice a failed worker instead of blocking forever
             self._check()
             try:
                 self.queue.put(batch, timeout=0.5)
-                return
+                break
             except queue.Full:
                 continue
+        if self.on_insert is not None:
+            self.on_insert(batch.num_rows)
 
     def _check(self) -> None:
         if self.error is not None:
@@ -358,22 +380,32 @@ class _Inserter:
             raise NetrecallError(f"insert failed: {type(error).__name__}: {error}")
 
     def _run(self, store: Store) -> None:
-        while True:
-            batch = self.queue.get()
-            if batch is None:
-                return
-            if self.error is not None:
-                continue  # drain after a failure so the producer never blocks
-            try:
-                if self.trims:
-                    insert_trimmed(store, batch)
-                else:
-                    store.insert_arrow("packets", batch, settings=INSERT_SETTINGS)
-                if self.on_insert is not None:
-                    self.on_insert()
-            except BaseException as exc:  # handed to the producer thread
-                self.error = exc
-            del batch  # let its buffers go before waiting for the next one
+        try:
+            if self.streams:
+                self._stream(store)
+            else:
+                while (batch := self.queue.get()) is not None:
+                    if self.error is None:  # after a failure only drain, so the producer never blocks
+                        store.insert_arrow("packets", batch, settings=INSERT_SETTINGS)
+                    del batch  # let its buffers go before waiting for the next one
+        except BaseException as exc:  # handed to the producer thread
+            self.error = exc
+            while self.queue.get() is not None:  # drain, so the producer never blocks
+                pass
+
+    def _stream(self, store: Store) -> None:
+        first = self.queue.get()
+        if first is None:
+            return
+
+        def tables() -> Iterator[pa.RecordBatch]:
+            # Runs on the engine's thread, which takes the GIL for it; queue.get() waits without it.
+            table: pa.Table | None = first
+            while table is not None:
+                yield from table.to_batches()
+                table = self.queue.get()
+
+        insert_stream(store, pa.RecordBatchReader.from_batches(first.schema, tables()))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
@@ -409,7 +441,7 @@ class _DeferredMerges:
     Merging the parts of a file while it is still arriving re-reads and re-compresses them during the
     import: on 2 cores that cost ~20% more CPU and ~160 MB more peak RSS (measured on the 1.1M-packet
     benchmark). The import is the engine's only user, so merges are stopped for its duration and
-    started again at the end (or once DEFERRED_MERGE_PARTS parts were written, so a huge file does
+    started again at the end (or once DEFERRED_MERGE_ROWS rows were handed over, so a huge file does
     not pile up parts); the next process that opens the store merges them. A server store is shared,
     so there merges are left alone.
     """
@@ -419,7 +451,7 @@ class _DeferredMerges:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.active = store.kind == "chdb"
-        self.parts = 0
+        self.rows = 0
 
     def __enter__(self) -> _DeferredMerges:
         if self.active:
@@ -427,9 +459,9 @@ class _DeferredMerges:
                 self.store.command(f"SYSTEM STOP MERGES {table}")
         return self
 
-    def inserted(self) -> None:
-        self.parts += 1
-        if self.active and self.parts >= DEFERRED_MERGE_PARTS:
+    def inserted(self, rows: int) -> None:
+        self.rows += rows
+        if self.active and self.rows >= DEFERRED_MERGE_ROWS:
             self._start()
 
     def _start(self) -> None:
@@ -442,16 +474,21 @@ class _DeferredMerges:
         self._start()
 
 
-def insert_trimmed(store: Store, arrow_table: pa.Table) -> None:
-    """chDB insert of decoded packets whose `data` may run past caplen (decode_frames exact_data=False)."""
-    columns = arrow_table.column_names
+def insert_stream(store: Store, reader: pa.RecordBatchReader) -> None:
+    """chDB: one INSERT of every batch `reader` yields, whose `data` may run past caplen (decode_frames
+    exact_data=False); the engine trims it and cuts the stream into parts of BATCH_ROWS / BATCH_BYTES."""
+    columns = reader.schema.names
     names = ", ".join(f"`{c}`" for c in columns)
     values = ", ".join("substring(`data`, 1, `caplen`)" if c == "data" else f"`{c}`" for c in columns)
+    settings = {
+        **INSERT_SETTINGS,
+        "min_insert_block_size_rows": BATCH_ROWS,
+        "min_insert_block_size_bytes": BATCH_BYTES,
+    }
     with clickhouse_errors():
-        # chDB's Python() table function finds `arrow_table` in this frame by name
+        # chDB's Python() table function finds `reader` in this frame by name
         store.client.command(
-            f"INSERT INTO packets ({names}) SELECT {values} FROM Python(arrow_table)",
-            settings=INSERT_SETTINGS,
+            f"INSERT INTO packets ({names}) SELECT {values} FROM Python(reader)", settings=settings
         )
 
 
