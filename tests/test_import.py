@@ -7,10 +7,12 @@ import hashlib
 import shutil
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
+from netrecall.ingest import importer
 from netrecall.ingest.capture_file import CaptureReader
 from netrecall.ingest.importer import FileDigests, import_files
 from tests.conftest import CAPTURES, DPKT_EXAMPLES, require_tool
@@ -76,6 +78,23 @@ def test_packets_are_written_as_compact_parts(store, tmp_path: Path) -> None:
         "AND table = 'packets'"
     )
     assert parts == [("Compact",)]
+
+
+def test_merges_restarted_mid_file_while_inserts_stream(store, tmp_path: Path, monkeypatch) -> None:
+    """Past DEFERRED_MERGE_ROWS the importer restarts merges while its streaming INSERTs are open: the
+    command must not wait on a connection an INSERT holds (that deadlocked once), and every row lands."""
+    monkeypatch.setattr(importer, "DEFERRED_MERGE_ROWS", 1)
+    raw = (CAPTURES / "lo-http.pcap").read_bytes()
+    copies = 24 * 2**20 // len(raw[24:]) + 1
+    big = tmp_path / "big.pcap"
+    big.write_bytes(raw[:24] + raw[24:] * copies)
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(import_files(store, [big])), daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "import hung"
+    expected = copies * len(tshark_frames(CAPTURES / "lo-http.pcap"))
+    assert done[0].packets == expected == store.scalar("SELECT count() FROM packets")
 
 
 def test_vlan_tags_and_fragments(store) -> None:

@@ -321,13 +321,15 @@ class _Inserter:
     def __init__(
         self, store: Store, workers: int = INSERT_WORKERS, on_insert: Callable[[int], None] | None = None
     ) -> None:
-        self.stores = [store]
         self.on_insert = on_insert
         # On chDB the frames go in untrimmed (each followed by the next record's header) and the engine
         # cuts them to caplen: one substring() per row in C++ instead of one copy per frame in Python.
         self.streams = self.trims = store.kind == "chdb"
-        if self.streams:
-            self.stores += [open_store(store.address.display) for _ in range(workers - 1)]
+        # A streaming INSERT holds its connection for the whole file, so every worker gets its own and
+        # the caller's stays free for commands meanwhile (SYSTEM START MERGES would otherwise wait for
+        # an INSERT that waits for this thread's next table).
+        self.stores = [open_store(store.address.display) for _ in range(workers)] if self.streams else [store]
+        self.own_stores = self.streams
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
         self.pending_bytes = 0
@@ -417,8 +419,8 @@ class _Inserter:
                 self.queue.put(None)
             for thread in self.threads:
                 thread.join()
-            for extra in self.stores[1:]:
-                extra.client.close()
+            for own in self.stores if self.own_stores else ():
+                own.client.close()
         if exc_type is None:
             self._check()
 
