@@ -333,3 +333,23 @@ def test_unreachable_server_is_one_line():
     message = str(caught.value)
     assert message.startswith("cannot reach ClickHouse at http://127.0.0.1:9/netrecall: ")
     assert "\n" not in message and "secret" not in message
+
+
+def test_embedded_engine_runs_one_background_merge_at_a_time(store: Store):
+    """The embedded engine is opened with CHDB_ENGINE_OPTIONS (see store.py on merge memory)."""
+    from netrecall.store import CHDB_ENGINE_OPTIONS
+
+    rows = dict(
+        store.rows(
+            "SELECT name, value FROM system.server_settings WHERE name IN "
+            "('background_pool_size', 'background_merges_mutations_concurrency_ratio')"
+        )
+    )
+    assert (
+        rows
+        == {name: str(value) for name, value in CHDB_ENGINE_OPTIONS.items()}
+        == {
+            "background_pool_size": "1",
+            "background_merges_mutations_concurrency_ratio": "1",
+        }
+    )

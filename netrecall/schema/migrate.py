@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from netrecall.errors import NetrecallError
 from netrecall.schema.tables import (
-    COMPACT_PARTS,
     DEFAULT_TTL_SECONDS,
     FLOWS,
+    PACKET_PARTS,
     PACKETS,
     Table,
     schema_statements,
@@ -44,9 +44,9 @@ def _v1_to_v2(existing: set[str]) -> list[str]:
 
 def _v2_to_v3(existing: set[str]) -> list[str]:
     """packets write Compact parts up to 256 MiB (one file for all columns: inserts create ~10x fewer
-    files; existing parts keep their format until merged), and the flows view is recreated with its
-    cheaper per-direction SELECT (same rows)."""
-    settings = ", ".join(f"{k} = {v}" for k, v in COMPACT_PARTS.items())
+    files; existing parts keep their format until merged) with 256 KiB compression blocks, and the
+    flows view is recreated with its cheaper per-direction SELECT (same rows)."""
+    settings = ", ".join(f"{k} = {v}" for k, v in PACKET_PARTS.items())
     tables = sorted({"packets", "snapshot_packets"} & existing)
     steps = ["DROP VIEW IF EXISTS flows_mv"]
     return steps + [f"ALTER TABLE {table} MODIFY SETTING {settings}" for table in tables]

@@ -47,10 +47,12 @@ def _ttl_clause(ttl_seconds: int) -> str:
     return f"TTL stored_at + toIntervalSecond({int(ttl_seconds)})"
 
 
-# Parts up to 256 MiB (uncompressed) are written Compact: all columns in one file instead of two files per
-# column (136 files for packets). An import or agent batch is 1-16 MB, so every insert is compact; merges
-# beyond the threshold go Wide again, where reading a few columns of a large part matters.
-COMPACT_PARTS = {"min_bytes_for_wide_part": 256 << 20}
+# How packets parts are written. Parts up to 256 MiB (uncompressed) are Compact: all columns in one file
+# instead of two files per column (136 for packets); every insert (an import's parts are ~16 MB, an agent
+# batch ~1 s) is compact, merges beyond the threshold go Wide again, where reading a few columns of a
+# big part matters. Compression blocks of 256 KiB instead of 1 MiB: a writer keeps one buffer per
+# column, so inserts and merges hold a quarter of the memory (frames still compress to ~0.07x).
+PACKET_PARTS = {"min_bytes_for_wide_part": 256 << 20, "max_compress_block_size": 256 << 10}
 
 PACKETS = Table(
     name="packets",
@@ -102,7 +104,7 @@ PACKETS = Table(
         "INDEX ix_node node TYPE set(64) GRANULARITY 4",
         "INDEX ix_source source TYPE set(16) GRANULARITY 4",
     ],
-    settings={"non_replicated_deduplication_window": 1000, **COMPACT_PARTS},
+    settings={"non_replicated_deduplication_window": 1000, **PACKET_PARTS},
 )
 
 FLOW_SIDES = ("a", "b")  # canonical ends: a is the lower (ip, port) of the pair
@@ -428,7 +430,7 @@ def snapshot_table(live: Table) -> Table:
         partition_by="snapshot",
         ttl=False,
         indexes=list(live.indexes),
-        settings={k: v for k, v in live.settings.items() if k in COMPACT_PARTS},
+        settings={k: v for k, v in live.settings.items() if k in PACKET_PARTS},
     )
 
 
