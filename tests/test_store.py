@@ -7,8 +7,11 @@ without SQL injection; errors are one line; the flows view fills; one Store serv
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import random
+import subprocess
+import sys
 import threading
 
 import pyarrow as pa
@@ -335,21 +338,19 @@ def test_unreachable_server_is_one_line():
     assert "\n" not in message and "secret" not in message
 
 
-def test_embedded_engine_runs_one_background_merge_at_a_time(store: Store):
-    """The embedded engine is opened with CHDB_ENGINE_OPTIONS (see store.py on merge memory)."""
-    from netrecall.store import CHDB_ENGINE_OPTIONS
-
-    rows = dict(
-        store.rows(
-            "SELECT name, value FROM system.server_settings WHERE name IN "
-            "('background_pool_size', 'background_merges_mutations_concurrency_ratio')"
-        )
+def test_embedded_engine_runs_one_background_merge_at_a_time(tmp_path):
+    """A process's first open_store starts the engine with CHDB_ENGINE_OPTIONS (store.py: merge memory).
+    In a subprocess: in this one the engine may have been started first by the test HTTP front."""
+    code = (
+        "import json, sys; from netrecall.store import open_store; s = open_store(sys.argv[1]); "
+        'print(json.dumps(dict(s.rows("SELECT name, value FROM system.server_settings WHERE name IN '
+        "('background_pool_size', 'background_merges_mutations_concurrency_ratio')\"))))"
     )
-    assert (
-        rows
-        == {name: str(value) for name, value in CHDB_ENGINE_OPTIONS.items()}
-        == {
-            "background_pool_size": "1",
-            "background_merges_mutations_concurrency_ratio": "1",
-        }
+    done = subprocess.run(
+        [sys.executable, "-c", code, f"chdb://{tmp_path}/store"], capture_output=True, text=True, timeout=60
     )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "background_pool_size": "1",
+        "background_merges_mutations_concurrency_ratio": "1",
+    }
