@@ -48,6 +48,7 @@ VLAN_TAGS = (0x8100, 0x88A8, 0x9100)
 IPV6_EXT_GENERIC = (0, 43, 60, 135, 139, 140)  # hop-by-hop, routing, dest opts, mobility, HIP, shim6
 PORT_PROTOCOLS = (6, 17, 33, 132, 136)  # TCP, UDP, DCCP, SCTP, UDP-Lite: ports in the first 4 bytes
 PAD = 64  # zero bytes after the buffer so no gather can run off its end
+_V4_MAPPED_PREFIX = np.frombuffer(b"\x00\x00\xff\xff", dtype=np.uint32)[0]  # bytes 8..11 of ::ffff:a.b.c.d
 
 # The packets columns this module fills, in table order (flow_id and identity columns come later).
 PACKET_ARROW_SCHEMA = pa.schema(
@@ -220,10 +221,12 @@ def decode_frames(
         total = frames.be16(l3 + 2)
         frag = frames.be16(l3 + 6)
         offset4 = frag & 0x1FFF
-        src_ip[is4, 10:12] = 0xFF
-        dst_ip[is4, 10:12] = 0xFF
-        src_ip[is4, 12:] = frames.bytes4(l3 + 12)[is4]
-        dst_ip[is4, 12:] = frames.bytes4(l3 + 16)[is4]
+        # v4-mapped (::ffff:a.b.c.d), written as whole 32-bit words: a masked 2-D byte assignment per
+        # field cost as much as the rest of the IPv4 decode
+        for address, offset in ((src_ip, 12), (dst_ip, 16)):
+            words = address.view(np.uint32)  # (n, 4) in memory order
+            words[:, 2] = np.where(is4, _V4_MAPPED_PREFIX, words[:, 2])
+            words[:, 3] = np.where(is4, frames.bytes4(l3 + offset).view(np.uint32)[:, 0], words[:, 3])
         l4 = np.where(is4, frames.byte(l3 + 9), l4)
         l4_off = np.where(is4, l3 + np.maximum(ihl, 20), l4_off)
         # total length 0 happens with TSO/GSO captures: the frame's own length is then the packet's
@@ -232,8 +235,10 @@ def decode_frames(
         headed |= is4 & (offset4 == 0)
 
     if is6.any():
-        src_ip[is6] = frames.bytes16(l3 + 8)[is6]
-        dst_ip[is6] = frames.bytes16(l3 + 24)[is6]
+        for address, offset in ((src_ip, 8), (dst_ip, 24)):
+            halves = address.view(np.uint64)  # (n, 2), whole-word selects as for IPv4 above
+            read = frames.bytes16(l3 + offset).view(np.uint64)
+            halves[:] = np.where(is6[:, None], read, halves)
         plen = frames.be16(l3 + 4)
         ip_end = np.where(is6 & (plen > 0), np.minimum(l3 + 40 + plen, caplen), ip_end)
         nh, off, frag6, later = _walk_ipv6(frames, is6, frames.byte(l3 + 6), l3 + 40)
