@@ -7,8 +7,10 @@ packet of the file is in; a file with packets in the store but no `imports` row 
 its partial rows are removed first (and the flows they fed are rebuilt from the remaining packets),
 then it is imported again in full.
 
-Decoding (numpy, in this thread) overlaps the insert (a worker thread: chDB's insert runs in C++ and
-releases the GIL), with at most a few batches in flight so memory stays bounded whatever the file size.
+Decoding (numpy, in this thread) overlaps the inserts (two worker threads, each one streaming INSERT
+per file on chDB, which runs in C++ and releases the GIL), with one decoded table waiting between them,
+so memory follows the batch size, not the file's (the engine adds ~0.4 MB per part it has written; see
+docs/import.md). The files are hashed in a background thread.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from netrecall.ingest.decode import KNOWN_LINK_TYPES, decode_frames
 from netrecall.schema.tables import FLOWS, FLOWS_MV_SELECT
 from netrecall.store import Store, clickhouse_errors, open_store
 
-BATCH_ROWS = 49_152  # rows per insert (one part each)
+BATCH_ROWS = 49_152  # rows per part
 BATCH_BYTES = 16 << 20  # ... fewer when the frames are large: with chDB's own ~300 MB this bounds peak RSS
 INSERT_WORKERS = 2  # concurrent inserts on chDB: paired runs on 2 cores were 20-30% faster than one, same RSS
 DEFERRED_MERGE_ROWS = 200 * BATCH_ROWS  # on chDB, merges wait until the import ends or ~200 parts were made
@@ -43,9 +45,7 @@ INSERT_SETTINGS = {
     # idempotency is handled here, by the file's sha256.
     "insert_deduplicate": 0,
 }
-# Hashing runs beside other Python work: each block's read and update release the GIL, and getting it back
-# can take the interpreter's 5 ms switch interval, so few large blocks (into one reused buffer) keep it fast.
-HASH_BLOCK = 32 << 20
+HASH_BLOCK = 32 << 20  # read into one reused buffer: no allocation per block
 
 
 class Resolver(Protocol):
@@ -227,7 +227,7 @@ def import_file(
                 chunk,
                 node=node,
                 source=result.source,
-                exact_data=not inserter.trims,
+                exact_data=not inserter.streams,
                 first_seq=result.packets,
             )
             if resolver is not None:
@@ -324,12 +324,11 @@ class _Inserter:
         self.on_insert = on_insert
         # On chDB the frames go in untrimmed (each followed by the next record's header) and the engine
         # cuts them to caplen: one substring() per row in C++ instead of one copy per frame in Python.
-        self.streams = self.trims = store.kind == "chdb"
+        self.streams = store.kind == "chdb"
         # A streaming INSERT holds its connection for the whole file, so every worker gets its own and
         # the caller's stays free for commands meanwhile (SYSTEM START MERGES would otherwise wait for
         # an INSERT that waits for this thread's next table).
         self.stores = [open_store(store.address.display) for _ in range(workers)] if self.streams else [store]
-        self.own_stores = self.streams
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
         self.pending_bytes = 0
@@ -419,7 +418,7 @@ class _Inserter:
                 self.queue.put(None)
             for thread in self.threads:
                 thread.join()
-            for own in self.stores if self.own_stores else ():
+            for own in self.stores if self.streams else ():
                 own.client.close()
         if exc_type is None:
             self._check()
