@@ -200,8 +200,8 @@ def _open_http(address: StoreURL) -> Any:
 
 # Server settings of the embedded engine (they apply when the process opens its first handle). One
 # background merge at a time: ClickHouse's default pool (16 threads, 2 merges each) is sized for a
-# server, and on the small machines an embedded store serves each concurrent merge of compact parts
-# holds ~100 MB (measured: four at once took a 11M-packet import from 0.9 to 1.5 GB peak RSS).
+# server; on the small machines an embedded store runs on, each concurrent merge of compact parts holds
+# ~100 MB (measured: four at once took an 11M-packet import from 1.0 to 1.5 GB peak RSS).
 CHDB_ENGINE_OPTIONS = {"background_pool_size": 1, "background_merges_mutations_concurrency_ratio": 1}
 
 
