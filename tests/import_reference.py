@@ -124,3 +124,14 @@ def stored_frames(store: Store, where: str = "1") -> list[tuple]:
             l4 = 0  # tshark names no transport for a later fragment (no ports) or an unknown protocol
         out.append((ts, caplen, origlen, bytes(data), version, src_s, dst_s, l4, sport, dport))
     return out
+
+
+def repeated_pcap(source: Path, target: Path, min_bytes: int) -> int:
+    """Write `target`: the pcap `source`'s header, then its records repeated until the file passes
+    `min_bytes` (a large capture of real traffic for tests about parts and streaming); returns the
+    number of copies."""
+    raw = source.read_bytes()
+    header, records = raw[:24], raw[24:]
+    copies = min_bytes // len(records) + 1
+    target.write_bytes(header + records * copies)
+    return copies

@@ -16,7 +16,7 @@ from netrecall.ingest import importer
 from netrecall.ingest.capture_file import CaptureReader
 from netrecall.ingest.importer import FileDigests, import_files
 from tests.conftest import CAPTURES, DPKT_EXAMPLES, require_tool
-from tests.import_reference import stored_frames, tshark_frames
+from tests.import_reference import repeated_pcap, stored_frames, tshark_frames
 
 REAL_CAPTURES = sorted(DPKT_EXAMPLES.glob("*.pcap")) + sorted(CAPTURES.glob("*.pcap*"))
 
@@ -68,10 +68,8 @@ def test_file_digests_are_the_sha256_of_each_file_in_turn(tmp_path: Path) -> Non
 def test_packets_are_written_as_compact_parts(store, tmp_path: Path) -> None:
     """One file per part instead of two per column: what makes an insert cheap (docs/schema.md). The
     capture is the real lo-http.pcap repeated to 16 MB, past ClickHouse's default 10 MB Wide threshold."""
-    raw = (CAPTURES / "lo-http.pcap").read_bytes()
-    header, records = raw[:24], raw[24:]
     big = tmp_path / "big.pcap"
-    big.write_bytes(header + records * (16 * 2**20 // len(records) + 1))
+    repeated_pcap(CAPTURES / "lo-http.pcap", big, 16 * 2**20)
     import_files(store, [big])
     parts = store.rows(
         "SELECT DISTINCT part_type FROM system.parts WHERE active AND database = currentDatabase() "
@@ -84,10 +82,8 @@ def test_merges_restarted_mid_file_while_inserts_stream(store, tmp_path: Path, m
     """Past DEFERRED_MERGE_ROWS the importer restarts merges while its streaming INSERTs are open: the
     command must not wait on a connection an INSERT holds (that deadlocked once), and every row lands."""
     monkeypatch.setattr(importer, "DEFERRED_MERGE_ROWS", 1)
-    raw = (CAPTURES / "lo-http.pcap").read_bytes()
-    copies = 24 * 2**20 // len(raw[24:]) + 1
     big = tmp_path / "big.pcap"
-    big.write_bytes(raw[:24] + raw[24:] * copies)
+    copies = repeated_pcap(CAPTURES / "lo-http.pcap", big, 24 * 2**20)
     done: list = []
     worker = threading.Thread(target=lambda: done.append(import_files(store, [big])), daemon=True)
     worker.start()

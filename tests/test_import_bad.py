@@ -18,7 +18,7 @@ import pytest
 from netrecall.errors import NetrecallError
 from netrecall.ingest.importer import import_files
 from tests.conftest import CAPTURES, require_tool
-from tests.import_reference import stored_frames, tshark_frames
+from tests.import_reference import repeated_pcap, stored_frames, tshark_frames
 
 PCAP = CAPTURES / "lo-http.pcap"
 PCAPNG = CAPTURES / "lo-http.pcapng"
@@ -228,11 +228,8 @@ class _BreaksAfter:
 
 
 def test_insert_failing_mid_file_is_an_error_and_a_retry_imports_it_whole(store, tmp_path: Path) -> None:
-    raw = PCAP.read_bytes()
-    header, records = raw[:24], raw[24:]
-    big = tmp_path / "big.pcap"  # 8 read chunks: parts are written before the failure
-    copies = 64 * 2**20 // len(records) + 1
-    big.write_bytes(header + records * copies)
+    big = tmp_path / "big.pcap"  # 8 read chunks: the INSERT fails mid-stream, after 6 tables went in
+    copies = repeated_pcap(PCAP, big, 64 * 2**20)
     with pytest.raises(NetrecallError, match=r"^(insert failed|ClickHouse): "):
         import_files(store, [big], resolver=_BreaksAfter(good_chunks=6))
     assert store.scalar("SELECT count() FROM imports") == 0  # not recorded as imported
