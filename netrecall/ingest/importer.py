@@ -45,7 +45,7 @@ INSERT_SETTINGS = {
     # idempotency is handled here, by the file's sha256.
     "insert_deduplicate": 0,
 }
-HASH_BLOCK = 32 << 20  # read into one reused buffer: no allocation per block
+HASH_BLOCK = 8 << 20  # read into one reused buffer: no allocation per block (32 MB was no faster)
 
 
 class Resolver(Protocol):
