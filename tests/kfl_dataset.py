@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from netrecall.ingest.flows import insert_packets
 from netrecall.timeutil import parse_time_ns
 
 BASE_NS = parse_time_ns("2026-03-14T21:00:00Z")
@@ -330,4 +331,7 @@ def to_arrow(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def load(store, rows: list[dict[str, Any]], table: str = "api_calls") -> None:
-    store.insert_arrow(table, to_arrow(rows))
+    if table == "packets":
+        insert_packets(store, to_arrow(rows))  # and their flows, as every writer does
+    else:
+        store.insert_arrow(table, to_arrow(rows))

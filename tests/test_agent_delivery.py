@@ -300,19 +300,21 @@ def test_spool_is_bounded_drops_oldest_and_counts(tmp_path: Path) -> None:
 
 
 def test_retried_batch_is_stored_once_with_its_flows(store: Store) -> None:
-    """The idempotency token: the same batch inserted twice lands once, in packets and in the flows view."""
+    """The idempotency token: the same batch inserted twice lands once, in packets and in flows."""
     from netrecall.ingest.capture_file import CaptureReader
     from netrecall.ingest.decode import decode_frames
+    from netrecall.ingest.flows import insert_packets
     from tests.conftest import DPKT_EXAMPLES
 
     chunk = next(CaptureReader(DPKT_EXAMPLES / "dns_icmp.pcap").chunks())
     table = decode_frames(chunk, node="n1", source="test")
     for token in ("a" * 32, "a" * 32):
-        store.insert_arrow("packets", table, settings=dedup_settings(token))
+        insert_packets(store, table, settings=dedup_settings(token))
     assert store.scalar("SELECT count() FROM packets") == table.num_rows
     assert store.scalar("SELECT sum(packets_ab + packets_ba) FROM flows") == table.num_rows
-    store.insert_arrow("packets", table, settings=dedup_settings("b" * 32))
+    insert_packets(store, table, settings=dedup_settings("b" * 32))
     assert store.scalar("SELECT count() FROM packets") == 2 * table.num_rows
+    assert store.scalar("SELECT sum(packets_ab + packets_ba) FROM flows") == 2 * table.num_rows
 
 
 def test_agent_refuses_two_sinks_in_one_line(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from netrecall.hub.app import build_app
 from netrecall.hub.auth import check_bind, resolve_token
 from netrecall.hub.openapi import openapi_document
 from netrecall.hub.service import Service
+from netrecall.ingest.flows import insert_packets
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -173,8 +174,8 @@ def test_tcp_resets_are_summarized_client_first(store, service):
             last_from_server[dport] = i
     for i in last_from_server.values():
         flags[i] = 0x14
-    store.insert_arrow(
-        "packets",
+    insert_packets(
+        store,
         batch.set_column(
             batch.schema.get_field_index("tcp_flags"), "tcp_flags", pa.array(flags, pa.uint16())
         ),
@@ -398,7 +399,7 @@ def test_workloads_now_and_at_a_time(store, service):
 
 def test_flows_per_connection_and_per_workload_pair(store, service):
     batch = packets_batch()
-    store.insert_arrow("packets", batch)
+    insert_packets(store, batch)
     with TestClient(build_app(service, token=TOKEN, mcp=False), headers=AUTH) as c:
         flows = c.get("/api/flows").json()
         pairs = c.get("/api/flows", params={"aggregate": "true"}).json()

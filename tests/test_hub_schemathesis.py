@@ -20,6 +20,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from netrecall.hub.app import build_app
 from netrecall.hub.openapi import openapi_document
 from netrecall.hub.service import Service
+from netrecall.ingest.flows import insert_packets
 
 TOKEN = "schemathesis-token-01"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -34,7 +35,7 @@ OPERATIONS = [
 @pytest.fixture
 def hub_schema(store, tmp_path):
     load_incident(store, healthy=10)
-    store.insert_arrow("packets", packets_batch())
+    insert_packets(store, packets_batch())
     app = build_app(Service(store, exports_dir=tmp_path / "exports"), token=TOKEN, mcp=False)
     return schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)
 

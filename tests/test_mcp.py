@@ -16,6 +16,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from netrecall.hub.service import Service
+from netrecall.ingest.flows import insert_packets
 from netrecall.mcp.server import build_server
 
 DESIGN_TOOLS = {
@@ -60,7 +61,7 @@ async def call_error(client: Client, tool: str, **arguments) -> str:
 @pytest.fixture
 def service(store, tmp_path):
     load_incident(store)
-    store.insert_arrow("packets", packets_batch())
+    insert_packets(store, packets_batch())
     return Service(store, exports_dir=tmp_path / "exports")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from netrecall.ingest.flows import flow_rows
 from netrecall.schema.migrate import SCHEMA_VERSION, ensure_schema, stored_version
 from netrecall.store import open_store
 
@@ -54,16 +55,20 @@ def test_version_1_store_migrates_to_the_current_shape_keeping_its_data(store_ur
     )
     assert stored_version(old) == 1
 
-    assert ensure_schema(old) == SCHEMA_VERSION == 3
+    assert ensure_schema(old) == SCHEMA_VERSION == 4
     assert stored_version(old) == SCHEMA_VERSION
-    # the old rows are still there, the new column takes its default, and new inserts feed the new flows
+    # the old rows are still there, the new column takes its default, and new flows join the old ones
     kept = old.rows(
         "SELECT count(), any(seq), any(data) AS data FROM packets", column_formats={"data": "bytes"}
     )
     assert kept == [(1, 0, b"a\x00b")]
     segment = f"'2026-01-01 00:00:01', 'n1', 4, {a}, {b}, 6, 40000, 80, 24, 5, 60, 7"
     old.command(f"INSERT INTO packets ({columns}, tcp_seq, seq) VALUES ({segment}, 1), ({segment}, 2)")
-    assert old.rows("SELECT sum(retransmissions), sum(packets_ab) FROM flows") == [(1, 3)]
+    old.insert_arrow("flows", flow_rows(old.arrow("SELECT * FROM packets WHERE seq > 0")))
+    # one flow: the id the migrated flows table computes is the one the version-1 view wrote
+    assert old.rows("SELECT sum(retransmissions), sum(packets_ab), uniqExact(flow_id) FROM flows") == [
+        (1, 3, 1)
+    ]
 
     fresh = open_store(f"chdb://{chdb_path}?database={old.database}_fresh")
     ensure_schema(fresh)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pytest
 
 from netrecall.errors import NetrecallError
+from netrecall.ingest.flows import insert_packets
 from netrecall.schema.migrate import SCHEMA_VERSION, stored_version
 from netrecall.schema.tables import PACKETS, TABLES
 from netrecall.store import Store
@@ -127,7 +128,8 @@ def test_schema_is_in_place(any_store: Store):
     names = {
         r[0] for r in any_store.rows("SELECT name FROM system.tables WHERE database = currentDatabase()")
     }
-    assert {t.name for t in TABLES} | {"flows_mv"} <= names
+    assert {t.name for t in TABLES} <= names
+    assert "flows_mv" not in names  # flows are written with the packets (netrecall.ingest.flows)
     assert any_store.scalar("SELECT currentDatabase()") == any_store.database
 
 
@@ -268,8 +270,8 @@ def test_bad_insert_is_one_line(any_store: Store):
     assert "\n" not in str(caught.value) and "no_such_column" in str(caught.value)
 
 
-def test_flows_view_fills(any_store: Store):
-    any_store.insert_arrow("packets", packets_table())
+def test_packets_are_written_with_their_flows(any_store: Store):
+    insert_packets(any_store, packets_table())
     flows = any_store.dicts(
         "SELECT l4, port_a, port_b, sum(packets_ab) + sum(packets_ba) AS packets,"
         " sum(bytes_ab) + sum(bytes_ba) AS bytes FROM flows"
@@ -279,6 +281,12 @@ def test_flows_view_fills(any_store: Store):
     assert sum(f["packets"] for f in flows) == sent.num_rows
     assert sum(f["bytes"] for f in flows) == sum(sent.column("origlen").to_pylist())
     assert [(f["port_a"], f["port_b"]) for f in flows] == [(40000, 80), (50000, 443)]  # a: lower (ip, port)
+    # the flows table computes the packets' own flow_id from the 5-tuple it is sent
+    pairs = any_store.rows(
+        "SELECT DISTINCT p.flow_id, f.flow_id FROM packets AS p LEFT JOIN flows AS f "
+        "ON p.flow_id = f.flow_id ORDER BY p.flow_id"
+    )
+    assert len(pairs) == 2 and all(p == f for p, f in pairs)
 
 
 def test_one_store_serves_concurrent_threads(any_store: Store):

@@ -1,8 +1,8 @@
 """Where batches go: straight into a store (StoreSink) or to a hub's ingest endpoint (HubSink).
 
-Both carry the batch's idempotency token: ClickHouse `insert_deduplication_token` (with
-`deduplicate_blocks_in_dependent_materialized_views`, so the flows view is not counted twice either)
-or the hub's `X-Netrecall-Batch` header. A sink raises `SinkDown` when it cannot take the batch now
+Both carry the batch's idempotency token: ClickHouse `insert_deduplication_token` (on the packets and
+on the flows written with them, so a retried batch counts once in both) or the hub's
+`X-Netrecall-Batch` header. A sink raises `SinkDown` when it cannot take the batch now
 (connection refused, timeout, 5xx: the caller spools and retries later) and `SinkRejected` when the
 batch itself was refused (4xx: retrying the same bytes cannot help). A bad token is fatal.
 
@@ -43,12 +43,8 @@ class Sink(Protocol):
 
 
 def dedup_settings(token: str) -> dict[str, object]:
-    """Insert settings that make a retried batch a no-op, in the table and in the views it feeds."""
-    return {
-        "insert_deduplicate": 1,
-        "insert_deduplication_token": token,
-        "deduplicate_blocks_in_dependent_materialized_views": 1,
-    }
+    """Insert settings that make a retried batch a no-op (per table: its packets and its flows)."""
+    return {"insert_deduplicate": 1, "insert_deduplication_token": token}
 
 
 class StoreSink:
@@ -78,9 +74,14 @@ class StoreSink:
         return self._store
 
     def send(self, batch: Batch) -> int:
+        from netrecall.ingest.flows import insert_packets
+
         store = self._open()
         try:
-            store.insert_arrow(batch.table, batch.data, settings=dedup_settings(batch.token))
+            if batch.table == "packets":
+                insert_packets(store, batch.data, settings=dedup_settings(batch.token))
+            else:
+                store.insert_arrow(batch.table, batch.data, settings=dedup_settings(batch.token))
         except NetrecallError as exc:
             if self.address.kind == "http" and not self._reachable():
                 raise SinkDown(str(exc)) from None

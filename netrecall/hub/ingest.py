@@ -3,8 +3,8 @@
 Contract (the agent's HubSink): `POST /api/ingest?table=packets|workloads`, `Authorization: Bearer T`,
 `X-Netrecall-Batch: <token>`, `Content-Type: application/vnd.apache.arrow.stream`. A retried batch (same
 token) is stored once: the hub remembers recent tokens, and ClickHouse deduplicates the insert itself
-by `insert_deduplication_token` (packets keeps a non-replicated deduplication window), including the
-blocks the flows view derives from it, so a retry after a hub restart does not double flows either.
+by `insert_deduplication_token` (packets and flows keep a non-replicated deduplication window), on the
+packets and on the flows written with them, so a retry after a hub restart does not double flows either.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from netrecall.errors import NetrecallError
+from netrecall.ingest.flows import insert_packets
 from netrecall.schema.tables import PACKETS, WORKLOADS
 from netrecall.store import Store
 
@@ -105,13 +106,15 @@ def ingest(
             settings = {
                 "insert_deduplicate": 1,
                 "insert_deduplication_token": key,
-                "deduplicate_blocks_in_dependent_materialized_views": 1,
                 "min_insert_block_size_rows": 0,
                 "min_insert_block_size_bytes": 0,
                 "max_insert_block_size": max(batch.num_rows, 1),
                 "max_block_size": max(batch.num_rows, 1),
             }
-            store.insert_arrow(table_name, batch, settings=settings)
+            if table_name == "packets":
+                insert_packets(store, batch, settings=settings)
+            else:
+                store.insert_arrow(table_name, batch, settings=settings)
             recent.remember(key, batch.num_rows)
             return {"rows": batch.num_rows, "duplicate": False}
         finally:

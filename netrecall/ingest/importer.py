@@ -33,7 +33,8 @@ import pyarrow as pa
 from netrecall.errors import NetrecallError
 from netrecall.ingest.capture_file import CaptureReader, Damage
 from netrecall.ingest.decode import KNOWN_LINK_TYPES, decode_frames
-from netrecall.schema.tables import FLOWS, FLOWS_MV_SELECT
+from netrecall.ingest.flows import FlowBatches
+from netrecall.schema.tables import FLOWS, FLOWS_SELECT
 from netrecall.store import Store, clickhouse_errors, open_store
 
 BATCH_ROWS = 49_152  # rows per part
@@ -215,6 +216,7 @@ def import_file(
 
     reader = CaptureReader(path)
     size = path.stat().st_size
+    flows = FlowBatches(store, settings=INSERT_SETTINGS)
     with (
         _gc_paused(),
         _Progress(progress and size > 8 << 20, path.name, size) as advance,
@@ -232,6 +234,7 @@ def import_file(
             )
             if resolver is not None:
                 table = resolver.enrich(table)
+            flows.add(table)
             inserter.put(table)
             result.packets += len(chunk)
             result.bytes += int(chunk.caplen.sum(dtype=np.int64))
@@ -240,6 +243,7 @@ def import_file(
             first = low if first is None else min(first, low)
             last = high if last is None else max(last, high)
             advance(reader.raw_position)
+    flows.flush()
     result.format = reader.format
     result.damage = list(reader.damage)
     result.skipped = reader.skipped
@@ -295,11 +299,11 @@ def remove_partial_import(store: Store, source: str) -> int:
             f"ALTER TABLE flows DELETE WHERE (window_start, node, flow_id) IN {in_keys}", settings=sync
         )
         store.command("ALTER TABLE packets DELETE WHERE source = {s:String}", params, settings=sync)
-        # Re-aggregate the surviving packets of those flows with the materialized view's own SELECT.
+        # Re-aggregate the surviving packets of those flows (the SQL twin of netrecall.ingest.flows).
         others = f"(SELECT * FROM packets WHERE (toStartOfMinute(ts), node, flow_id) IN {in_keys})"
         columns = ", ".join(f"`{c}`" for c in FLOWS.column_names if c != "stored_at")
         store.command(
-            f"INSERT INTO flows ({columns}) SELECT {columns} FROM ({FLOWS_MV_SELECT.format(packets=others)})",
+            f"INSERT INTO flows ({columns}) SELECT {columns} FROM ({FLOWS_SELECT.format(packets=others)})",
             settings=INSERT_SETTINGS,
         )
     finally:
@@ -485,6 +489,10 @@ def insert_stream(store: Store, reader: pa.RecordBatchReader) -> None:
         **INSERT_SETTINGS,
         "min_insert_block_size_rows": BATCH_ROWS,
         "min_insert_block_size_bytes": BATCH_BYTES,
+        # one thread per INSERT: the workers are the parallelism (a pipeline of its own per insert
+        # was slower on 2 cores, and held ~200 MB more)
+        "max_threads": 1,
+        "max_insert_threads": 1,
     }
     with clickhouse_errors():
         # chDB's Python() table function finds `reader` in this frame by name

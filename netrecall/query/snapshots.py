@@ -30,7 +30,7 @@ from netrecall.errors import NetrecallError
 from netrecall.query.export import check_output_path, who_ran
 from netrecall.schema.tables import (
     API_CALLS,
-    FLOWS_MV_SELECT,
+    FLOWS_SELECT,
     PACKETS,
     SNAPSHOT_API_CALLS,
     SNAPSHOT_FLOWS,
@@ -196,8 +196,8 @@ def _copy(
 
 
 def _rebuild_flows(store: Store, params: dict[str, Any]) -> None:
-    """Flows from the snapshot's own packets, with the live view's aggregation: exact for the window."""
-    select = FLOWS_MV_SELECT.format(packets="(SELECT * FROM snapshot_packets WHERE snapshot = {n:String})")
+    """Flows from the snapshot's own packets, with the writers' aggregation: exact for the window."""
+    select = FLOWS_SELECT.format(packets="(SELECT * FROM snapshot_packets WHERE snapshot = {n:String})")
     columns = [c for c in SNAPSHOT_FLOWS.column_names if c not in ("snapshot", "stored_at")]
     names = ", ".join(f"`{c}`" for c in columns)
     store.command(

@@ -15,7 +15,7 @@ from netrecall.schema.tables import (
 )
 from netrecall.store import Store
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _column(table: Table, name: str) -> str:
@@ -52,11 +52,20 @@ def _v2_to_v3(existing: set[str]) -> list[str]:
     return steps + [f"ALTER TABLE {table} MODIFY SETTING {settings}" for table in tables]
 
 
+def _v3_to_v4(existing: set[str]) -> list[str]:
+    """Flows are written by whoever writes packets (netrecall.ingest.flows) instead of a materialized
+    view, which ClickHouse re-planned for every inserted block: the view goes, and flows compute their
+    flow_id from the 5-tuple they are sent, with the packets' expression."""
+    tables = sorted({"flows", "snapshot_flows"} & existing)
+    steps = ["DROP VIEW IF EXISTS flows_mv"]
+    return steps + [f"ALTER TABLE {table} MODIFY COLUMN {_column(FLOWS, 'flow_id')}" for table in tables]
+
+
 # MIGRATIONS[n] takes a store at version n to n + 1; afterwards the current schema's CREATE ... IF NOT
-# EXISTS statements add whatever is new (tables, and views a step dropped to change their tables).
+# EXISTS statements add whatever is new (tables a step did not create).
 # An empty database (version 0) gets the current schema directly. On a cluster, run the same steps
 # ON CLUSTER against the *_local tables (docs/scaling.md).
-MIGRATIONS: dict[int, Callable[[set[str]], list[str]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[set[str]], list[str]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def stored_version(store: Store) -> int:

@@ -47,6 +47,15 @@ def _ttl_clause(ttl_seconds: int) -> str:
     return f"TTL stored_at + toIntervalSecond({int(ttl_seconds)})"
 
 
+def flow_id_expr(ip_1: str, port_1: str, ip_2: str, port_2: str) -> str:
+    """The flow id of a 5-tuple, the same whichever end is named first (packets and flows both use it)."""
+    return (
+        f"if(({ip_1}, {port_1}) <= ({ip_2}, {port_2}), "
+        f"cityHash64(l4, {ip_1}, {port_1}, {ip_2}, {port_2}), "
+        f"cityHash64(l4, {ip_2}, {port_2}, {ip_1}, {port_1}))"
+    )
+
+
 # How packets parts are written. Parts up to 256 MiB (uncompressed) are Compact: all columns in one file
 # instead of two files per column (136 for packets); every insert (an import's parts are ~16 MB, an agent
 # batch ~1 s) is compact, merges beyond the threshold go Wide again, where reading a few columns of a
@@ -82,13 +91,8 @@ PACKETS = Table(
         ("tcp_ack", "UInt32"),
         ("payload_offset", "UInt16"),  # where the L4 payload starts in `data`
         ("payload_len", "UInt32"),  # L4 payload length as captured (not beyond caplen)
-        (
-            "flow_id",
-            # One id for both directions of a 5-tuple, computed by the engine so every writer agrees.
-            "UInt64 DEFAULT if((src_ip, src_port) <= (dst_ip, dst_port), "
-            "cityHash64(l4, src_ip, src_port, dst_ip, dst_port), "
-            "cityHash64(l4, dst_ip, dst_port, src_ip, src_port))",
-        ),
+        # One id for both directions of a 5-tuple, computed by the engine so every writer agrees.
+        ("flow_id", f"UInt64 DEFAULT {flow_id_expr('src_ip', 'src_port', 'dst_ip', 'dst_port')}"),
         *endpoint_columns("src"),
         *endpoint_columns("dst"),
         ("data", "String CODEC(ZSTD(1))"),  # the whole frame exactly as captured
@@ -127,7 +131,8 @@ FLOWS = Table(
         ("window_start", "DateTime"),  # flows are cut into one-minute intervals
         ("stored_at", "DateTime DEFAULT now()"),
         ("node", "LowCardinality(String)"),
-        ("flow_id", "UInt64"),
+        # Writers send the 5-tuple (netrecall.ingest.flows); the id is the packets' own, computed here.
+        ("flow_id", f"UInt64 DEFAULT {flow_id_expr('ip_a', 'port_a', 'ip_b', 'port_b')}"),
         # the 5-tuple is fixed by flow_id; ClickHouse wants non-key columns to be aggregates
         ("l4", "SimpleAggregateFunction(any, UInt8)"),
         ("ip_a", "SimpleAggregateFunction(any, IPv6)"),
@@ -147,10 +152,10 @@ FLOWS = Table(
         ("synack_ts", "SimpleAggregateFunction(min, Nullable(DateTime64(9)))"),
         ("resets", "SimpleAggregateFunction(sum, UInt64)"),
         ("data_segments", "SimpleAggregateFunction(sum, UInt64)"),
-        # segments with payload whose (direction, seq) was already seen in the same insert block: exact
-        # for a retransmission that arrives within one batch (~1 s live, 16 MB on import), a lower bound
-        # otherwise. Kept per block because an exact per-flow set of sequence numbers made this table
-        # larger than the packets it summarises.
+        # segments with payload whose (direction, seq) was already seen in the same written batch: exact
+        # for a retransmission that arrives within one batch (~1 s live, one 8 MB read on import), a
+        # lower bound otherwise. Kept per batch because an exact per-flow set of sequence numbers made
+        # this table larger than the packets it summarises.
         ("retransmissions", "SimpleAggregateFunction(sum, UInt64)"),
         *_flow_endpoint_columns("a"),
         *_flow_endpoint_columns("b"),
@@ -170,8 +175,9 @@ FLOWS = Table(
 IDENTITY_FIELDS = ("pod", "namespace", "service", "workload", "node", "labels")
 
 
-def _flows_view_select() -> str:
-    """The SELECT that turns a block of packets into flows rows.
+def _flows_select() -> str:
+    """The SELECT that turns stored packets into flows rows, as netrecall.ingest.flows does for a batch
+    being written (snapshots and the clean-up of an interrupted import rebuild flows with it).
 
     Grouped per flow, minute, node and direction (`fwd`: the packet goes from end a, the lower (ip, port),
     to b), so every a/b column is one plain aggregate picked after grouping - `if(fwd, count(), 0)`
@@ -231,8 +237,8 @@ GROUP BY window_start, node, flow_id, fwd
 """
 
 
-# Fills `flows` from every insert into `packets`, whoever writes it (import, agent, hub ingest).
-FLOWS_MV_SELECT = _flows_view_select()
+# `{packets}` is the packets table or a subquery over it.
+FLOWS_SELECT = _flows_select()
 
 WORKLOADS = Table(
     name="workloads",
@@ -440,7 +446,6 @@ SNAPSHOT_WORKLOADS = snapshot_table(WORKLOADS)
 SNAPSHOT_API_CALLS = snapshot_table(API_CALLS)
 SNAPSHOT_TABLES = [SNAPSHOT_PACKETS, SNAPSHOT_FLOWS, SNAPSHOT_WORKLOADS, SNAPSHOT_API_CALLS]
 
-# Order matters: `flows` must exist before the view that feeds it.
 TABLES: list[Table] = [
     META,
     PACKETS,
@@ -494,15 +499,6 @@ def create_distributed_sql(table: Table, cluster: str) -> str:
     )
 
 
-def flows_view_sql(cluster: str | None = None) -> str:
-    """The view from packets to flows (on a cluster, over the local tables: each shard aggregates its own)."""
-    suffix = LOCAL_SUFFIX if cluster else ""
-    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
-    select = FLOWS_MV_SELECT.format(packets=f"packets{suffix}")
-    header = f"CREATE MATERIALIZED VIEW IF NOT EXISTS flows_mv{suffix}{on_cluster} TO flows{suffix}"
-    return f"{header}\nAS{select}".rstrip()
-
-
 def schema_statements(ttl_seconds: int = DEFAULT_TTL_SECONDS, cluster: str | None = None) -> list[str]:
     """Every DDL statement, in the order they must run."""
     statements: list[str] = []
@@ -510,5 +506,4 @@ def schema_statements(ttl_seconds: int = DEFAULT_TTL_SECONDS, cluster: str | Non
         statements.append(create_table_sql(table, ttl_seconds, cluster))
         if cluster:
             statements.append(create_distributed_sql(table, cluster))
-    statements.append(flows_view_sql(cluster))
     return statements
