@@ -2,6 +2,6 @@
 
 import sys
 
-from netrecall.cli import main
+from netrecall.cli import program
 
-sys.exit(main())
+sys.exit(program())

@@ -14,7 +14,8 @@ import pytest
 
 from netrecall.ingest import importer
 from netrecall.ingest.capture_file import CaptureReader
-from netrecall.ingest.importer import FileDigests, import_files
+from netrecall.ingest.digest import FileDigests
+from netrecall.ingest.importer import import_files
 from tests.conftest import CAPTURES, DPKT_EXAMPLES, require_tool
 from tests.import_reference import repeated_pcap, stored_frames, tshark_frames
 
@@ -219,7 +220,8 @@ _FLOW_TOTALS = (
 def test_interrupted_import_is_replaced(store, chdb_path: Path) -> None:
     """Rows left by an interrupted import are removed (and their flows rebuilt) before importing again."""
     from netrecall.ingest.decode import decode_frames
-    from netrecall.ingest.importer import INSERT_SETTINGS, file_sha256
+    from netrecall.ingest.digest import file_sha256
+    from netrecall.ingest.importer import INSERT_SETTINGS
     from netrecall.schema.migrate import ensure_schema
     from netrecall.store import open_store
 

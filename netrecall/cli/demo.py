@@ -31,7 +31,8 @@ def demo_command(
     from netrecall.agent.identity import IdentityResolver
     from netrecall.demo import DEMO_INVENTORY, DEMO_NODE, DEMO_PCAP
     from netrecall.dissect.runner import dissect
-    from netrecall.ingest.importer import describe, file_sha256, import_files
+    from netrecall.ingest.digest import file_sha256
+    from netrecall.ingest.importer import describe, import_files
 
     for path in (DEMO_PCAP, DEMO_INVENTORY):
         if not path.is_file():

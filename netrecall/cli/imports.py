@@ -24,10 +24,13 @@ def import_command(
     store_url: StoreOption = None,
 ) -> None:
     """Import capture files (skips a file whose exact content was imported before)."""
-    from netrecall.ingest.importer import FileDigests, describe, import_files, import_paths_sorted
+    from netrecall.ingest.digest import FileDigests, import_paths_sorted
 
     paths = import_paths_sorted(files)
-    digests = FileDigests(paths)  # hashing the files overlaps loading the inventory and opening the store
+    # Hashing starts first: it overlaps loading numpy, pyarrow, the inventory and the embedded engine.
+    digests = FileDigests(paths)
+    from netrecall.ingest.importer import describe, import_files
+
     resolver = None
     if inventory is not None:
         from netrecall.agent.identity import IdentityResolver

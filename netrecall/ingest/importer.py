@@ -16,12 +16,10 @@ docs/import.md). The files are hashed in a background thread.
 from __future__ import annotations
 
 import gc
-import hashlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ import pyarrow as pa
 from netrecall.errors import NetrecallError
 from netrecall.ingest.capture_file import CaptureReader, Damage
 from netrecall.ingest.decode import KNOWN_LINK_TYPES, decode_frames
+from netrecall.ingest.digest import FileDigests, file_sha256
 from netrecall.ingest.flows import FlowBatches
 from netrecall.schema.tables import FLOWS, FLOWS_SELECT
 from netrecall.store import Store, clickhouse_errors, open_store
@@ -46,7 +45,6 @@ INSERT_SETTINGS = {
     # idempotency is handled here, by the file's sha256.
     "insert_deduplicate": 0,
 }
-HASH_BLOCK = 8 << 20  # read into one reused buffer: no allocation per block (32 MB was no faster)
 
 
 class Resolver(Protocol):
@@ -104,44 +102,6 @@ class ImportSummary:
     @property
     def rate(self) -> float:
         return self.packets / self.seconds if self.seconds > 0 else 0.0
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    buffer = memoryview(bytearray(HASH_BLOCK))
-    try:
-        with open(path, "rb", buffering=0) as handle:
-            while got := handle.readinto(buffer):
-                digest.update(buffer[:got])
-    except OSError as exc:
-        raise NetrecallError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return digest.hexdigest()
-
-
-class FileDigests:
-    """The sha256 of each file, computed ahead in one background thread.
-
-    hashlib releases the GIL on large blocks, so hashing overlaps whatever runs meanwhile: the embedded
-    engine starting (the CLI creates this before opening the store), then the import of the previous
-    file. A daemon thread, so an early exit never waits for a large file to be hashed.
-    """
-
-    def __init__(self, paths: Iterable[str | Path]) -> None:
-        self.futures: dict[Path, Future[str]] = {Path(p): Future() for p in paths}
-        threading.Thread(target=self._run, name="netrecall-sha256", daemon=True).start()
-
-    def _run(self) -> None:
-        for path, future in self.futures.items():
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(file_sha256(path))
-            except BaseException as exc:  # handed to whoever asks for this file
-                future.set_exception(exc)
-
-    def get(self, path: Path) -> str:
-        future = self.futures.get(path)
-        return file_sha256(path) if future is None else future.result()
 
 
 def import_files(
@@ -556,16 +516,3 @@ def _size(count: int) -> str:
             return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
-
-
-def import_paths_sorted(paths: Sequence[str | Path]) -> list[Path]:
-    """The files in the given order, each once (the same path named twice is imported once)."""
-    seen: set[Path] = set()
-    ordered = []
-    for raw in paths:
-        path = Path(raw)
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            ordered.append(path)
-    return ordered
