@@ -25,7 +25,7 @@ from bench.common import OUT, Measurement, print_table, run_measured, verdict
 from bench.make_capture import benchmark_capture
 
 TSHARK_FIELDS = ["frame.time_epoch", "ip.src", "ip.dst", "tcp.srcport", "tcp.dstport"]
-RUNS = 3
+RUNS = 5
 
 
 def _stored_bytes(store_url: str) -> dict[str, int]:

@@ -62,6 +62,10 @@ def flow_id_expr(ip_1: str, port_1: str, ip_2: str, port_2: str) -> str:
 # big part matters. Compression blocks of 256 KiB instead of 1 MiB: a writer keeps one buffer per
 # column, so inserts and merges hold a quarter of the memory (frames still compress to ~0.07x).
 PACKET_PARTS = {"min_bytes_for_wide_part": 256 << 20, "max_compress_block_size": 256 << 10}
+# Granules of at most 1 MiB (~1,900 HTTP frames) instead of 10 MiB (8,192 rows): a merge holds one
+# granule of every part it merges, and merging the ~100 parts of a 12M-packet import took 1.6 GB of RSS
+# with 10 MiB granules, 0.75 GB with 1 MiB. ClickHouse fixes this setting when a table is created.
+PACKET_GRANULES = {"index_granularity_bytes": 1 << 20}
 
 PACKETS = Table(
     name="packets",
@@ -108,7 +112,7 @@ PACKETS = Table(
         "INDEX ix_node node TYPE set(64) GRANULARITY 4",
         "INDEX ix_source source TYPE set(16) GRANULARITY 4",
     ],
-    settings={"non_replicated_deduplication_window": 1000, **PACKET_PARTS},
+    settings={"non_replicated_deduplication_window": 1000, **PACKET_PARTS, **PACKET_GRANULES},
 )
 
 FLOW_SIDES = ("a", "b")  # canonical ends: a is the lower (ip, port) of the pair
@@ -436,7 +440,7 @@ def snapshot_table(live: Table) -> Table:
         partition_by="snapshot",
         ttl=False,
         indexes=list(live.indexes),
-        settings={k: v for k, v in live.settings.items() if k in PACKET_PARTS},
+        settings={k: v for k, v in live.settings.items() if k in PACKET_PARTS or k in PACKET_GRANULES},
     )
 
 
