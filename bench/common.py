@@ -20,7 +20,12 @@ class Measurement:
 
 
 def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> Measurement:
-    """Run a command to completion; wall time and the peak RSS of that process alone (wait4 rusage)."""
+    """Run a command to completion; wall time and the peak RSS of that process alone (wait4 rusage).
+
+    A child's ru_maxrss starts from the high-water mark of the memory it was spawned from (the kernel
+    records the old address space's peak at exec, and subprocess spawns with vfork): this process's peak
+    is reset first, so a large buffer it once held does not show up as the child's peak."""
+    _reset_peak_rss()
     started = time.perf_counter()
     proc = subprocess.Popen(
         list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
@@ -34,6 +39,11 @@ def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> M
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}): {stderr.decode()[-500:]}")
     return Measurement(seconds, usage.ru_maxrss / 1024, stdout.decode(errors="replace"))
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as handle:  # 5: reset VmHWM to the current RSS (Linux >= 4.0)
+        handle.write("5")
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
