@@ -89,3 +89,12 @@ def test_retransmitted_segments_are_counted_once_each(store: Store) -> None:
     written, rebuilt = _written_and_rebuilt(store, pa.concat_tables([batch, resent]))
     assert written == rebuilt
     assert store.scalar("SELECT sum(retransmissions) FROM flows") == 3
+
+
+def test_a_batch_without_some_columns_gets_the_flows_of_their_defaults(store: Store) -> None:
+    """The hub takes batches whose missing columns the table fills in (zero, empty): flows alike."""
+    batch = _batch(CAPTURES / "lo-http.pcap")
+    partial = batch.select(["ts", "ip_version", "src_ip", "dst_ip", "l4", "src_port", "dst_port", "data"])
+    written, rebuilt = _written_and_rebuilt(store, partial)
+    assert written and written == rebuilt
+    assert store.scalar("SELECT sum(bytes_ab + bytes_ba) + sum(data_segments) FROM flows") == 0

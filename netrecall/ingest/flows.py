@@ -3,7 +3,7 @@
 Every writer of packets (import, agent, hub ingest) stores the flows of what it writes through
 `insert_packets` or `FlowBatches`: a materialized view did this inside the engine before, but ClickHouse
 re-plans a view's SELECT for every inserted block (~20 ms for this one, more than the aggregation
-itself, and it serialised the insert pipeline), which made flows half the engine's cost of an import.
+itself, and it serialised the insert pipeline): a quarter to a third of the engine's CPU in an import.
 
 The rows are the ones `schema.tables.FLOWS_SELECT` computes from stored packets (snapshots and the
 clean-up of an interrupted import rebuild flows with it; a test holds the two to the same result):
@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from netrecall.ingest.decode import PACKET_ARROW_SCHEMA
 from netrecall.schema.tables import IDENTITY_FIELDS
 
 if TYPE_CHECKING:  # the agent's hub sink uses this module without the ClickHouse driver
@@ -34,6 +35,7 @@ NS_PER_MINUTE = 60_000_000_000
 _NODE_CODES = 1 << 23  # node names a batch can have before they need a grouping key of their own
 _USED = ["ts", "node", "ip_version", "l4", "src_ip", "dst_ip", "src_port", "dst_port", "origlen"]
 _USED += ["tcp_flags", "tcp_seq", "payload_len"]
+_ZERO = {name: "" if name == "node" else b"\0" * 16 if name.endswith("_ip") else 0 for name in _USED}
 
 _TS = pa.timestamp("ns", tz="UTC")
 FLOW_ARROW_SCHEMA = pa.schema(
@@ -105,6 +107,12 @@ def flow_rows(packets: pa.Table) -> pa.Table:
     """
     identity = [f"{side}_{f}" for f in IDENTITY_FIELDS for side in ("src", "dst")]
     has_identity = all(name in packets.column_names for name in identity)
+    if "ip_version" not in packets.column_names:  # stored as 0: not IP, so no flow
+        return FLOW_ARROW_SCHEMA.empty_table()
+    for name in _USED:  # a writer may leave columns to their defaults (zero, empty)
+        if name not in packets.column_names:
+            kind = PACKET_ARROW_SCHEMA.field(name).type
+            packets = packets.append_column(name, pa.nulls(packets.num_rows, kind).fill_null(_ZERO[name]))
     packets = packets.select(_USED + (identity if has_identity else []))  # never copy the frames
     ip = _numpy(packets["ip_version"]) != 0
     if not ip.all():
