@@ -276,8 +276,8 @@ class _Inserter:
 
     On chDB each worker runs ONE streaming `INSERT ... SELECT ... FROM Python(reader)` for the whole
     file, its reader pulling tables from the shared queue: the engine squashes them into parts of
-    BATCH_ROWS / BATCH_BYTES, and the query (and the flows view's) is planned once per file instead of
-    once per part - ~13 ms of CPU per INSERT of a 40-column table through Python(), ~30 ms with the view.
+    BATCH_ROWS / BATCH_BYTES, and the query is planned once per file instead of once per part - ~13 ms
+    of CPU per INSERT of a 40-column table through Python().
     Each worker has its own connection handle (a handle serialises its calls), so two inserts run in
     C++ on two cores while this thread decodes. On a server store, batches go one INSERT each.
     """

@@ -171,8 +171,8 @@ FLOWS = Table(
         "INDEX ix_ip_a ip_a TYPE bloom_filter(0.01) GRANULARITY 4",
         "INDEX ix_ip_b ip_b TYPE bloom_filter(0.01) GRANULARITY 4",
     ],
-    # A retried agent batch (same insert_deduplication_token) must not count twice here either: with
-    # deduplicate_blocks_in_dependent_materialized_views the view's blocks are deduplicated too.
+    # A retried agent batch must not count twice here either: its flows carry the same
+    # insert_deduplication_token as its packets.
     settings={"non_replicated_deduplication_window": 1000},
 )
 
