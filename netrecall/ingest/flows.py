@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from netrecall.ingest.decode import PACKET_ARROW_SCHEMA
 from netrecall.schema.tables import IDENTITY_FIELDS
 
-if TYPE_CHECKING:  # the agent's hub sink uses this module without the ClickHouse driver
+if TYPE_CHECKING:  # only annotated: writing flows goes through whatever Store the caller has
     from netrecall.store import Store
 
 TCP = 6
