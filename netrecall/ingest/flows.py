@@ -120,7 +120,8 @@ def flow_rows(packets: pa.Table) -> pa.Table:
     if packets.num_rows == 0:
         return FLOW_ARROW_SCHEMA.empty_table()
     ends = _Ends(packets)
-    minute = _ts_ns(packets) // NS_PER_MINUTE
+    ts = _numpy(packets["ts"].cast(_TS).cast(pa.int64()))
+    minute = ts // NS_PER_MINUTE
     node_codes, node_names = _codes(packets["node"])
     # node, l4, direction and both ports in one word: fewer keys to group on
     small = (node_codes.astype(np.uint64) & np.uint64(_NODE_CODES - 1)) << np.uint64(41)
@@ -138,7 +139,7 @@ def flow_rows(packets: pa.Table) -> pa.Table:
         "port_a": pa.array(ends.a_port[first], pa.uint16()),
         "ip_b": _ip_array(ends.b_hi[first], ends.b_lo[first]),
         "port_b": pa.array(ends.b_port[first], pa.uint16()),
-        **_counters(packets, ends.l4, order, starts, group, forward),
+        **_counters(packets, ts, ends.l4, order, starts, group, forward),
     }
     if has_identity:
         columns.update(_identity(packets, first, forward))
@@ -165,6 +166,7 @@ class _Ends:
 
 def _counters(
     packets: pa.Table,
+    ts: np.ndarray,
     l4: np.ndarray,
     order: np.ndarray,
     starts: np.ndarray,
@@ -172,7 +174,6 @@ def _counters(
     forward: np.ndarray,
 ) -> dict[str, pa.Array]:
     """The per-group times, counts and TCP facts; a group's packets are `order[starts[g]:starts[g+1]]`."""
-    ts = _ts_ns(packets)
     flags = _numpy(packets["tcp_flags"])
     tcp = l4 == TCP
     syn = tcp & ((flags & 0x12) == 0x02)
@@ -264,10 +265,6 @@ def _group_exact(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return column.to_numpy()
-
-
-def _ts_ns(packets: pa.Table) -> np.ndarray:
-    return _numpy(packets["ts"].cast(_TS).cast(pa.int64()))
 
 
 def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
