@@ -74,14 +74,11 @@ class StoreSink:
         return self._store
 
     def send(self, batch: Batch) -> int:
-        from netrecall.ingest.flows import insert_packets
+        from netrecall.ingest.flows import insert_batch
 
         store = self._open()
         try:
-            if batch.table == "packets":
-                insert_packets(store, batch.data, settings=dedup_settings(batch.token))
-            else:
-                store.insert_arrow(batch.table, batch.data, settings=dedup_settings(batch.token))
+            insert_batch(store, batch.table, batch.data, settings=dedup_settings(batch.token))
         except NetrecallError as exc:
             if self.address.kind == "http" and not self._reachable():
                 raise SinkDown(str(exc)) from None

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from netrecall.errors import NetrecallError
-from netrecall.ingest.flows import insert_packets
+from netrecall.ingest.flows import insert_batch
 from netrecall.schema.tables import PACKETS, WORKLOADS
 from netrecall.store import Store
 
@@ -111,10 +111,7 @@ def ingest(
                 "max_insert_block_size": max(batch.num_rows, 1),
                 "max_block_size": max(batch.num_rows, 1),
             }
-            if table_name == "packets":
-                insert_packets(store, batch, settings=settings)
-            else:
-                store.insert_arrow(table_name, batch, settings=settings)
+            insert_batch(store, table_name, batch, settings=settings)
             recent.remember(key, batch.num_rows)
             return {"rows": batch.num_rows, "duplicate": False}
         finally:

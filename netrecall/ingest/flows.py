@@ -72,6 +72,14 @@ def insert_packets(store: Store, packets: pa.Table, settings: Mapping | None = N
     store.insert_arrow("flows", flow_rows(packets), settings=settings)
 
 
+def insert_batch(store: Store, table: str, rows: pa.Table, settings: Mapping | None = None) -> None:
+    """A writer's batch for `table`: packets go in with their flows, other tables as they are."""
+    if table == "packets":
+        insert_packets(store, rows, settings=settings)
+    else:
+        store.insert_arrow(table, rows, settings=settings)
+
+
 class FlowBatches:
     """The flows of a stream of packet batches, inserted together (the importer's use: one insert per
     file, or every `max_rows` rows, instead of one per batch)."""
