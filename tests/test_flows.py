@@ -98,3 +98,22 @@ def test_a_batch_without_some_columns_gets_the_flows_of_their_defaults(store: St
     written, rebuilt = _written_and_rebuilt(store, partial)
     assert written and written == rebuilt
     assert store.scalar("SELECT sum(bytes_ab + bytes_ba) + sum(data_segments) FROM flows") == 0
+
+
+def test_the_exact_grouping_behind_a_hash_collision_groups_alike() -> None:
+    """_group falls back to _group_exact when two keys share a mix, which real batches almost never do:
+    both must put the same packets together (each packet named by its group's first packet)."""
+    from netrecall.ingest import flows
+
+    batch = _batch(CAPTURES / "lo-ipv6.pcap").combine_chunks()
+    words = [flows._ip_words(batch[f"{side}_ip"]) for side in ("src", "dst")]
+    keys = [*words[0], *words[1], batch["src_port"].to_numpy(), batch["dst_port"].to_numpy()]
+
+    def first_of_group(order: np.ndarray, starts: np.ndarray, group: np.ndarray) -> np.ndarray:
+        named = np.empty(len(order), dtype=np.int64)
+        named[order] = order[starts][group.astype(np.int64)]
+        return named
+
+    hashed = first_of_group(*flows._group(keys))
+    exact = first_of_group(*flows._group_exact(keys))
+    assert len(np.unique(hashed)) > 1 and np.array_equal(hashed, exact)
