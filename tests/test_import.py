@@ -94,6 +94,25 @@ def test_merges_restarted_mid_file_while_inserts_stream(store, tmp_path: Path, m
     assert done[0].packets == expected == store.scalar("SELECT count() FROM packets")
 
 
+def test_merges_stay_held_after_the_last_file_only_when_asked(store) -> None:
+    """merge_after=False (the CLI, whose process ends with the import) leaves the engine's merges held
+    at the end instead of starting merges the exit would cancel; by default they run again."""
+    from netrecall.errors import NetrecallError
+
+    files = [CAPTURES / "lo-http.pcap", CAPTURES / "lo-ipv6.pcap"]
+    summary = import_files(store, files, merge_after=False)
+    assert summary.packets == store.scalar("SELECT count() FROM packets") > 0
+    with pytest.raises(NetrecallError, match="Cancelled merging parts"):
+        store.command("OPTIMIZE TABLE packets FINAL")
+    import_files(store, [DPKT_EXAMPLES / "http.pcap"])
+    store.command("OPTIMIZE TABLE packets FINAL")
+    parts, partitions = store.rows(
+        "SELECT count(), uniqExact(partition) FROM system.parts WHERE active "
+        "AND database = currentDatabase() AND table = 'packets'"
+    )[0]
+    assert parts == partitions  # merged: one part per hour of stored_at
+
+
 def test_vlan_tags_and_fragments(store) -> None:
     import_files(store, [CAPTURES / "vlan-frag.pcap"])
     vlans = store.rows(

@@ -46,6 +46,7 @@ def import_command(
             progress=sys.stderr.isatty(),
             errors="collect",
             digests=digests,
+            merge_after=False,  # this process ends here; the next one to open the store merges
         )
     finally:
         store.close()
