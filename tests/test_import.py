@@ -10,6 +10,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from netrecall.ingest import importer
@@ -296,9 +298,29 @@ def test_decode_exact_data_from_gapped_and_contiguous_chunks() -> None:
     )
     assert rebuilt.contiguous
     assert decode_frames(rebuilt, node="n", source="s").equals(table)
-    # untrimmed: each value starts with its frame (the engine cuts it to caplen)
-    loose = decode_frames(chunk, node="n", source="s", exact_data=False).column("data").to_pylist()
-    assert all(value.startswith(frame) for value, frame in zip(loose, frames, strict=True))
+    # as views over the reader's buffer (the chDB import's path): the same exact frames, none copied
+    views = decode_frames(chunk, node="n", source="s", data_views=True).column("data")
+    assert views.type == pa.binary_view()
+    assert views.to_pylist() == frames
+    assert views.chunk(0).buffers()[2].address == chunk.data.ctypes.data
+
+
+def test_view_column_inlines_short_ranges_up_to_the_buffer_end() -> None:
+    """Ranges of up to 12 bytes live inside their view (zero-padded), longer ones point into the buffer;
+    a short range right at the buffer's end must not read past it."""
+    from netrecall.ingest.decode import view_column
+
+    sizes = [0, 1, 5, 12, 13, 100, 11, 1500, 4, 3]
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in sizes]
+    buffer = b"".join(b"\xee" * 16 + frame for frame in frames)  # a record header before each frame
+    starts = np.cumsum([16 + s for s in [0, *sizes[:-1]]])
+    column = view_column(np.frombuffer(buffer, dtype=np.uint8), starts, np.array(sizes))
+    column.validate(full=True)
+    assert column.to_pylist() == frames
+    views = np.frombuffer(column.buffers()[1], dtype=np.int32).reshape(-1, 4)
+    assert views[3, 1:].tobytes() == frames[3] and views[1, 1:].tobytes() == frames[1] + bytes(11)
+    assert list(views[5, 2:]) == [0, starts[5]]
 
 
 # --- pcapng variants made from a real dumpcap capture -------------------------------------------------------

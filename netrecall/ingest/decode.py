@@ -78,6 +78,10 @@ PACKET_ARROW_SCHEMA = pa.schema(
         ("data", pa.binary()),
     ]
 )
+# The same with `data` as views over the read buffer (decode_frames(data_views=True), for chDB).
+PACKET_VIEW_SCHEMA = PACKET_ARROW_SCHEMA.set(
+    PACKET_ARROW_SCHEMA.get_field_index("data"), pa.field("data", pa.binary_view())
+)
 
 
 class _Frames:
@@ -186,16 +190,17 @@ def _link_layer(frames: _Frames, link_type: np.ndarray, direction: np.ndarray):
 
 
 def decode_frames(
-    chunk: FrameChunk, node: str = "", source: str = "", exact_data: bool = True, first_seq: int = 0
+    chunk: FrameChunk, node: str = "", source: str = "", data_views: bool = False, first_seq: int = 0
 ) -> pa.Table:
     """The `packets` columns for every frame of the chunk (schema PACKET_ARROW_SCHEMA).
 
     `first_seq` is the capture sequence number of the chunk's first frame (frames before it in the same
     source), so `seq` keeps the capture order across chunks.
 
-    With exact_data=False a chunk with gaps between frames is not compacted: `data` then holds each
-    frame followed by the gap after it, and the caller must trim it to `caplen` (the chDB import does
-    that in the engine with substring(), which is far cheaper than a copy per frame here).
+    With data_views=True `data` is an Arrow binary_view column over the chunk's buffer (schema
+    PACKET_VIEW_SCHEMA): each value is the exact frame and none is copied, even with record headers
+    between the frames. chDB's Python() reader takes it in one pass; a server store gets plain binary,
+    compacted when the chunk has gaps.
     """
     n = len(chunk)
     frames = _Frames(chunk)
@@ -300,9 +305,9 @@ def decode_frames(
         pa.array(tcp_ack.astype(np.uint32)),
         pa.array(payload_offset.astype(np.uint16)),
         pa.array(payload_len.astype(np.uint32)),
-        _data_column(chunk, exact_data),
+        view_column(chunk.data, chunk.offsets[:-1], chunk.caplen) if data_views else _data_column(chunk),
     ]
-    return pa.Table.from_arrays(columns, schema=PACKET_ARROW_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=PACKET_VIEW_SCHEMA if data_views else PACKET_ARROW_SCHEMA)
 
 
 def _walk_ipv6(frames: _Frames, active: np.ndarray, nh: np.ndarray, off: np.ndarray):
@@ -344,10 +349,39 @@ def _iface_column(chunk: FrameChunk, n: int) -> pa.Array:
     return pa.array(names, pa.string()).take(pa.array(np.asarray(chunk.iface_index, dtype=np.int64)))
 
 
-def _data_column(chunk: FrameChunk, exact: bool) -> pa.Array:
-    if exact and not chunk.contiguous:
+def _data_column(chunk: FrameChunk) -> pa.Array:
+    if not chunk.contiguous:
         chunk = chunk.compacted()
     return binary_column(chunk.data, chunk.offsets)
+
+
+def view_column(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """An Arrow binary_view column of the byte ranges [start, start + length) of `data`, none copied.
+
+    Each view is 16 bytes: the length, then for up to 12 bytes the bytes themselves (zero-padded, as the
+    format requires), else their first 4 bytes, buffer 0 and the offset in it.
+    """
+    raw = np.ascontiguousarray(data, dtype=np.uint8)
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = len(starts)
+    head = np.zeros((n, 12), dtype=np.uint8)  # each range's first 12 bytes
+    whole = starts + 12 <= len(raw)
+    if whole.any():
+        v12 = np.ndarray((len(raw) - 11,), dtype="V12", buffer=raw, strides=(1,))
+        head[whole] = v12[starts[whole]].view(np.uint8).reshape(-1, 12)
+    for row in np.flatnonzero(~whole):  # only ranges within 12 bytes of the buffer's end
+        tail = raw[starts[row] : starts[row] + 12]
+        head[row, : len(tail)] = tail
+    inline = lengths <= 12
+    if inline.any():
+        head[inline] *= np.arange(12) < lengths[inline, None]  # bytes past the end become padding
+    views = np.empty((n, 4), dtype=np.int32)
+    views[:, 0] = lengths
+    views[:, 1:] = head.view(np.int32)
+    views[~inline, 2] = 0  # buffer index
+    views[~inline, 3] = starts[~inline]
+    return pa.Array.from_buffers(pa.binary_view(), n, [None, pa.py_buffer(views), pa.py_buffer(raw)])
 
 
 def binary_column(data: np.ndarray, offsets: np.ndarray) -> pa.Array:

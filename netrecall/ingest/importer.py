@@ -201,7 +201,7 @@ def import_file(
                 chunk,
                 node=node,
                 source=result.source,
-                exact_data=not inserter.streams,
+                data_views=inserter.streams,
                 first_seq=result.packets,
             )
             if resolver is not None:
@@ -298,8 +298,7 @@ class _Inserter:
         self, store: Store, workers: int = INSERT_WORKERS, on_insert: Callable[[int], None] | None = None
     ) -> None:
         self.on_insert = on_insert
-        # On chDB the frames go in untrimmed (each followed by the next record's header) and the engine
-        # cuts them to caplen: one substring() per row in C++ instead of one copy per frame in Python.
+        # On chDB the frames go in as views over the read buffer (no copy, record headers left in place).
         self.streams = store.kind == "chdb"
         # A streaming INSERT holds its connection for the whole file, so every worker gets its own and
         # the caller's stays free for commands meanwhile (SYSTEM START MERGES would otherwise wait for
@@ -455,11 +454,9 @@ class _DeferredMerges:
 
 
 def insert_stream(store: Store, reader: pa.RecordBatchReader) -> None:
-    """chDB: one INSERT of every batch `reader` yields, whose `data` may run past caplen (decode_frames
-    exact_data=False); the engine trims it and cuts the stream into parts of BATCH_ROWS / BATCH_BYTES."""
-    columns = reader.schema.names
-    names = ", ".join(f"`{c}`" for c in columns)
-    values = ", ".join("substring(`data`, 1, `caplen`)" if c == "data" else f"`{c}`" for c in columns)
+    """chDB: one INSERT of every batch `reader` yields (frames as binary_view: decode_frames
+    data_views=True); the engine cuts the stream into parts of BATCH_ROWS / BATCH_BYTES."""
+    names = ", ".join(f"`{c}`" for c in reader.schema.names)
     settings = {
         **INSERT_SETTINGS,
         "min_insert_block_size_rows": BATCH_ROWS,
@@ -472,7 +469,7 @@ def insert_stream(store: Store, reader: pa.RecordBatchReader) -> None:
     with clickhouse_errors():
         # chDB's Python() table function finds `reader` in this frame by name
         store.client.command(
-            f"INSERT INTO packets ({names}) SELECT {values} FROM Python(reader)", settings=settings
+            f"INSERT INTO packets ({names}) SELECT {names} FROM Python(reader)", settings=settings
         )
 
 
