@@ -419,7 +419,7 @@ class _DeferredMerges:
     benchmark). The import is the engine's only user, so merges are stopped for its duration and
     started again at the end (or once DEFERRED_MERGE_ROWS rows were handed over, so a huge file does
     not pile up parts); the next process that opens the store merges them. With restart=False they stay
-    held at the end: the process is about to exit, which would cancel a merge it had just begun (~0.25 s
+    held at the end: the process is about to exit, which would cancel a merge it had just begun (0.14-0.26 s
     of CPU thrown away on the benchmark file). A server store is shared, so there merges are left alone.
     """
 
