@@ -71,6 +71,22 @@ def test_written_flows_are_the_rebuilt_flows(store: Store, path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "path", [CAPTURES / "multi-if.pcapng", DPKT_EXAMPLES / "nb6-http.pcap"], ids=lambda p: p.name
+)
+def test_the_importers_chdb_layout_gives_the_same_flows(path: Path) -> None:
+    """The chDB import hands flow_rows tables with dictionary-encoded node/iface/source and frames as
+    views (decode_frames(chdb_layout=True)): the flows are those of the plain layout, chunk by chunk."""
+    from netrecall.ingest.flows import flow_rows
+
+    for chunk in CaptureReader(path).chunks():
+        plain = decode_frames(chunk, node="n1", source="s")
+        coded = decode_frames(chunk, node="n1", source="s", chdb_layout=True)
+        assert pa.types.is_dictionary(coded.schema.field("node").type)
+        assert coded["iface"].cast(pa.string()).equals(plain["iface"])
+        assert flow_rows(coded).equals(flow_rows(plain))
+
+
 def test_enriched_flows_carry_both_ends_identity(store: Store) -> None:
     batch = _batch(DEMO_PCAP, IdentityResolver.from_inventory(DEMO_INVENTORY))
     written, rebuilt = _written_and_rebuilt(store, batch)

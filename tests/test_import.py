@@ -299,7 +299,7 @@ def test_decode_exact_data_from_gapped_and_contiguous_chunks() -> None:
     assert rebuilt.contiguous
     assert decode_frames(rebuilt, node="n", source="s").equals(table)
     # as views over the reader's buffer (the chDB import's path): the same exact frames, none copied
-    views = decode_frames(chunk, node="n", source="s", data_views=True).column("data")
+    views = decode_frames(chunk, node="n", source="s", chdb_layout=True).column("data")
     assert views.type == pa.binary_view()
     assert views.to_pylist() == frames
     assert views.chunk(0).buffers()[2].address == chunk.data.ctypes.data

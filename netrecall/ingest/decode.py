@@ -78,9 +78,17 @@ PACKET_ARROW_SCHEMA = pa.schema(
         ("data", pa.binary()),
     ]
 )
-# The same with `data` as views over the read buffer (decode_frames(data_views=True), for chDB).
-PACKET_VIEW_SCHEMA = PACKET_ARROW_SCHEMA.set(
-    PACKET_ARROW_SCHEMA.get_field_index("data"), pa.field("data", pa.binary_view())
+# The layout chDB's Python() reader converts with the least work (decode_frames(chdb_layout=True)):
+# `data` as views over the read buffer, and the per-capture strings dictionary-encoded.
+_LABEL = pa.dictionary(pa.int32(), pa.string())
+PACKET_CHDB_SCHEMA = pa.schema(
+    [
+        pa.field(
+            f.name,
+            {"data": pa.binary_view(), "node": _LABEL, "iface": _LABEL, "source": _LABEL}.get(f.name, f.type),
+        )
+        for f in PACKET_ARROW_SCHEMA
+    ]
 )
 
 
@@ -190,17 +198,19 @@ def _link_layer(frames: _Frames, link_type: np.ndarray, direction: np.ndarray):
 
 
 def decode_frames(
-    chunk: FrameChunk, node: str = "", source: str = "", data_views: bool = False, first_seq: int = 0
+    chunk: FrameChunk, node: str = "", source: str = "", chdb_layout: bool = False, first_seq: int = 0
 ) -> pa.Table:
     """The `packets` columns for every frame of the chunk (schema PACKET_ARROW_SCHEMA).
 
     `first_seq` is the capture sequence number of the chunk's first frame (frames before it in the same
     source), so `seq` keeps the capture order across chunks.
 
-    With data_views=True `data` is an Arrow binary_view column over the chunk's buffer (schema
-    PACKET_VIEW_SCHEMA): each value is the exact frame and none is copied, even with record headers
-    between the frames. chDB's Python() reader takes it in one pass; a server store gets plain binary,
-    compacted when the chunk has gaps.
+    With chdb_layout=True (schema PACKET_CHDB_SCHEMA) `data` is an Arrow binary_view column over the
+    chunk's buffer: each value is the exact frame and none is copied, even with record headers between
+    the frames; and `node`, `iface`, `source` are dictionary-encoded, one string each instead of one per
+    row (the engine then fills its LowCardinality columns without hashing every row's 64-character
+    source). chDB's Python() reader takes both in one pass; a server store gets the plain schema, the
+    frames compacted when the chunk has gaps.
     """
     n = len(chunk)
     frames = _Frames(chunk)
@@ -284,10 +294,10 @@ def decode_frames(
 
     columns = [
         pa.array(np.asarray(chunk.ts_ns, dtype=np.int64), type=pa.timestamp("ns", tz="UTC")),
-        pa.repeat(pa.scalar(node, pa.string()), n),
-        _iface_column(chunk, n),
+        _label_column(node, n, chdb_layout),
+        _iface_column(chunk, n, chdb_layout),
         pa.array(direction.astype(np.uint8)),
-        pa.repeat(pa.scalar(source, pa.string()), n),
+        _label_column(source, n, chdb_layout),
         pa.array(np.arange(first_seq, first_seq + n, dtype=np.uint64)),
         pa.array(link_type.astype(np.uint16)),
         pa.array(np.asarray(chunk.caplen, dtype=np.uint32)),
@@ -305,9 +315,9 @@ def decode_frames(
         pa.array(tcp_ack.astype(np.uint32)),
         pa.array(payload_offset.astype(np.uint16)),
         pa.array(payload_len.astype(np.uint32)),
-        view_column(chunk.data, chunk.offsets[:-1], chunk.caplen) if data_views else _data_column(chunk),
+        view_column(chunk.data, chunk.offsets[:-1], chunk.caplen) if chdb_layout else _data_column(chunk),
     ]
-    return pa.Table.from_arrays(columns, schema=PACKET_VIEW_SCHEMA if data_views else PACKET_ARROW_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=PACKET_CHDB_SCHEMA if chdb_layout else PACKET_ARROW_SCHEMA)
 
 
 def _walk_ipv6(frames: _Frames, active: np.ndarray, nh: np.ndarray, off: np.ndarray):
@@ -342,11 +352,21 @@ def _fixed16(rows: np.ndarray) -> pa.Array:
     )
 
 
-def _iface_column(chunk: FrameChunk, n: int) -> pa.Array:
+def _label_column(value: str, n: int, encoded: bool) -> pa.Array:
+    """One string on every row: repeated, or dictionary-encoded."""
+    if encoded:
+        return pa.DictionaryArray.from_arrays(np.zeros(n, dtype=np.int32), pa.array([value], pa.string()))
+    return pa.repeat(pa.scalar(value, pa.string()), n)
+
+
+def _iface_column(chunk: FrameChunk, n: int, encoded: bool) -> pa.Array:
     names = list(chunk.ifaces) or [""]
     if len(names) == 1:
-        return pa.repeat(pa.scalar(names[0], pa.string()), n)
-    return pa.array(names, pa.string()).take(pa.array(np.asarray(chunk.iface_index, dtype=np.int64)))
+        return _label_column(names[0], n, encoded)
+    indices = np.asarray(chunk.iface_index, dtype=np.int32)
+    if encoded:
+        return pa.DictionaryArray.from_arrays(indices, pa.array(names, pa.string()))
+    return pa.array(names, pa.string()).take(pa.array(indices))
 
 
 def _data_column(chunk: FrameChunk) -> pa.Array:

@@ -277,6 +277,12 @@ def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Small integer codes for a string column, and the strings they stand for."""
+    if pa.types.is_dictionary(column.type):  # the importer's chDB layout: already coded
+        if column.num_chunks == 1:
+            encoded = column.chunk(0)
+            if len(pc.unique(encoded.dictionary)) == len(encoded.dictionary):  # one code per string
+                return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary
+        column = column.cast(pa.string())
     column = column.combine_chunks()
     bounds = pc.min_max(column)
     if bounds["min"] == bounds["max"]:  # one node per batch, the usual case: no hashing of every row

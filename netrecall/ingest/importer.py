@@ -201,7 +201,7 @@ def import_file(
                 chunk,
                 node=node,
                 source=result.source,
-                data_views=inserter.streams,
+                chdb_layout=inserter.streams,
                 first_seq=result.packets,
             )
             if resolver is not None:
@@ -454,8 +454,8 @@ class _DeferredMerges:
 
 
 def insert_stream(store: Store, reader: pa.RecordBatchReader) -> None:
-    """chDB: one INSERT of every batch `reader` yields (frames as binary_view: decode_frames
-    data_views=True); the engine cuts the stream into parts of BATCH_ROWS / BATCH_BYTES."""
+    """chDB: one INSERT of every batch `reader` yields (decode_frames(chdb_layout=True) tables); the
+    engine cuts the stream into parts of BATCH_ROWS / BATCH_BYTES."""
     names = ", ".join(f"`{c}`" for c in reader.schema.names)
     settings = {
         **INSERT_SETTINGS,
