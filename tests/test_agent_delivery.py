@@ -20,7 +20,6 @@ import pyarrow as pa
 import pytest
 
 from netrecall.agent.batcher import Batch
-from netrecall.agent.sink import dedup_settings
 from netrecall.agent.spool import Spool
 from netrecall.store import Store
 from tests.agent_helpers import (
@@ -303,7 +302,7 @@ def test_retried_batch_is_stored_once_with_its_flows(store: Store) -> None:
     """The idempotency token: the same batch inserted twice lands once, in packets and in flows."""
     from netrecall.ingest.capture_file import CaptureReader
     from netrecall.ingest.decode import decode_frames
-    from netrecall.ingest.flows import insert_packets
+    from netrecall.ingest.flows import dedup_settings, insert_packets
     from tests.conftest import DPKT_EXAMPLES
 
     chunk = next(CaptureReader(DPKT_EXAMPLES / "dns_icmp.pcap").chunks())

@@ -42,11 +42,6 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def dedup_settings(token: str) -> dict[str, object]:
-    """Insert settings that make a retried batch a no-op (per table: its packets and its flows)."""
-    return {"insert_deduplicate": 1, "insert_deduplication_token": token}
-
-
 class StoreSink:
     """Insert into a store (chdb:// in-process, or a ClickHouse server over HTTP); opened lazily."""
 
@@ -74,7 +69,7 @@ class StoreSink:
         return self._store
 
     def send(self, batch: Batch) -> int:
-        from netrecall.ingest.flows import insert_batch
+        from netrecall.ingest.flows import dedup_settings, insert_batch
 
         store = self._open()
         try:

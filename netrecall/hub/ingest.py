@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from netrecall.errors import NetrecallError
-from netrecall.ingest.flows import insert_batch
+from netrecall.ingest.flows import dedup_settings, insert_batch
 from netrecall.schema.tables import PACKETS, WORKLOADS
 from netrecall.store import Store
 
@@ -104,8 +104,7 @@ def ingest(
                 return {"rows": seen, "duplicate": True}
             # One block per insert keeps the dedup hash identical when the batch is retried.
             settings = {
-                "insert_deduplicate": 1,
-                "insert_deduplication_token": key,
+                **dedup_settings(key),
                 "min_insert_block_size_rows": 0,
                 "min_insert_block_size_bytes": 0,
                 "max_insert_block_size": max(batch.num_rows, 1),

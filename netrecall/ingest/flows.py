@@ -72,6 +72,11 @@ def insert_packets(store: Store, packets: pa.Table, settings: Mapping | None = N
     store.insert_arrow("flows", flow_rows(packets), settings=settings)
 
 
+def dedup_settings(token: str) -> dict[str, object]:
+    """Insert settings that make a retried batch a no-op (per table: its packets and its flows)."""
+    return {"insert_deduplicate": 1, "insert_deduplication_token": token}
+
+
 def insert_batch(store: Store, table: str, rows: pa.Table, settings: Mapping | None = None) -> None:
     """A writer's batch for `table`: packets go in with their flows, other tables as they are."""
     if table == "packets":
