@@ -59,7 +59,7 @@ def test_version_1_store_migrates_to_the_current_shape_keeping_its_data(store_ur
     )
     assert stored_version(old) == 1
 
-    assert ensure_schema(old) == SCHEMA_VERSION == 4
+    assert ensure_schema(old) == SCHEMA_VERSION == 5
     assert stored_version(old) == SCHEMA_VERSION
     # the old rows are still there, the new column takes its default, and new flows join the old ones
     kept = old.rows(

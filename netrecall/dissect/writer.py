@@ -40,6 +40,7 @@ def _arrow_type(column: str, ch_type: str) -> tuple[pa.DataType, Any]:
         "UInt16": pa.uint16(),
         "UInt32": pa.uint32(),
         "UInt64": pa.uint64(),
+        "Int16": pa.int16(),
         "Int32": pa.int32(),
         "Int64": pa.int64(),
     }

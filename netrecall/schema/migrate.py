@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from netrecall.errors import NetrecallError
 from netrecall.schema.tables import (
+    API_CALLS,
     DEFAULT_TTL_SECONDS,
     FLOWS,
     PACKET_PARTS,
@@ -15,7 +16,7 @@ from netrecall.schema.tables import (
 )
 from netrecall.store import Store
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _column(table: Table, name: str) -> str:
@@ -61,11 +62,38 @@ def _v3_to_v4(existing: set[str]) -> list[str]:
     return steps + [f"ALTER TABLE {table} MODIFY COLUMN {_column(FLOWS, 'flow_id')}" for table in tables]
 
 
+# api_calls columns added in v5 (HTTP/2, gRPC, Redis, PostgreSQL, Kafka and TLS details), in table order.
+V5_CALL_COLUMNS = API_CALLS.column_names[
+    API_CALLS.column_names.index("status_message") : API_CALLS.column_names.index("has_response")
+]
+
+
+def _v4_to_v5(existing: set[str]) -> list[str]:
+    """api_calls (and snapshot copies) gain the columns of the protocols beyond HTTP/1 and DNS, and a
+    bloom filter on the TLS server name. Existing rows read the new columns' defaults."""
+    steps = []
+    for table in sorted({"api_calls", "snapshot_api_calls"} & existing):
+        after = "grpc_status"
+        for name in V5_CALL_COLUMNS:
+            steps.append(
+                f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {_column(API_CALLS, name)} AFTER {after}"
+            )
+            after = name
+        sni_index = next(ix for ix in API_CALLS.indexes if " ix_sni " in ix)
+        steps.append(f"ALTER TABLE {table} ADD {sni_index.replace('INDEX', 'INDEX IF NOT EXISTS', 1)}")
+    return steps
+
+
 # MIGRATIONS[n] takes a store at version n to n + 1; afterwards the current schema's CREATE ... IF NOT
 # EXISTS statements add whatever is new (tables a step did not create).
 # An empty database (version 0) gets the current schema directly. On a cluster, run the same steps
 # ON CLUSTER against the *_local tables (docs/scaling.md).
-MIGRATIONS: dict[int, Callable[[set[str]], list[str]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+MIGRATIONS: dict[int, Callable[[set[str]], list[str]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+    4: _v4_to_v5,
+}
 
 
 def stored_version(store: Store) -> int:

@@ -309,6 +309,30 @@ API_CALLS = Table(
         ("dns_truncated", "Bool"),
         ("grpc_method", "String"),
         ("grpc_status", "Int32"),
+        # Protocol details beyond HTTP and DNS (schema v5; docs/protocols.md says what each protocol sets).
+        ("status_message", "String"),  # grpc-message, Redis error text, PostgreSQL error message, TLS alert
+        ("error_code", "LowCardinality(String)"),  # PostgreSQL SQLSTATE, Redis error prefix, Kafka error name
+        ("request_messages", "UInt32"),  # gRPC messages (or Redis pipelined commands) in the request
+        ("response_messages", "UInt32"),
+        ("command_tag", "LowCardinality(String)"),  # PostgreSQL CommandComplete tag (SELECT, INSERT, ...)
+        ("result_rows", "UInt64"),  # PostgreSQL rows returned or affected; Redis array length
+        ("redis_type", "LowCardinality(String)"),  # reply type: simple, error, integer, bulk, array, ...
+        ("db_user", "String"),  # PostgreSQL startup user
+        ("db_name", "String"),  # PostgreSQL startup database
+        ("client_id", "String"),  # Kafka client id
+        ("kafka_api_key", "Int16"),
+        ("kafka_api_version", "Int16"),
+        ("kafka_correlation_id", "Int32"),
+        ("kafka_topics", "Array(String)"),
+        ("tls_sni", "String"),
+        ("tls_version", "LowCardinality(String)"),  # negotiated (ServerHello), else the highest offered
+        ("tls_client_versions", "Array(String)"),  # versions the client offered, GREASE left out
+        ("tls_alpn", "Array(String)"),  # ALPN the client offered; the server's choice is tls_alpn_selected
+        ("tls_alpn_selected", "LowCardinality(String)"),
+        ("tls_cipher", "LowCardinality(String)"),  # the server's choice, as 0xNNNN
+        ("ja3", "String"),  # md5 of the JA3 string
+        ("ja3s", "String"),
+        ("ja4", "String"),
         ("has_response", "Bool"),
         ("partial", "Bool"),  # built across a capture gap or from a stream seen mid-way
         ("error", "String"),  # why a stream could not be parsed ('' when it could)
@@ -330,6 +354,7 @@ API_CALLS = Table(
         "INDEX ix_dnsq dns_questions TYPE bloom_filter(0.01) GRANULARITY 4",
         "INDEX ix_flow flow_id TYPE bloom_filter(0.01) GRANULARITY 4",
         "INDEX ix_id id TYPE bloom_filter(0.01) GRANULARITY 4",
+        "INDEX ix_sni tls_sni TYPE bloom_filter(0.01) GRANULARITY 4",
     ],
 )
 

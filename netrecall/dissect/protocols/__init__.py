@@ -14,4 +14,4 @@ def stream_dissectors() -> list[StreamDissector]:
 
 
 # every protocol name a run may count calls or parse errors for, in summary order
-PROTOCOLS = ("http", "dns", "tcp", "udp")
+PROTOCOLS = ("http", "grpc", "dns", "redis", "postgresql", "kafka", "tls", "tcp", "udp")

@@ -59,6 +59,68 @@ PROTOCOLS = (
 )
 
 
+def _only(protocol: str, column: str, empty: str = "''") -> str:
+    # A generic column read as one protocol's field: other protocols' rows show the absent value.
+    return f"if(protocol = '{protocol}', {column}, {empty})"
+
+
+def _protocol_detail_fields() -> list[Field]:
+    """Fields of the protocols beyond HTTP and DNS (Kubeshark's names, then netrecall's extensions)."""
+    return [
+        Field(
+            "grpc_message",
+            STRING,
+            _only("grpc", "status_message"),
+            "gRPC grpc-message (netrecall extension).",
+        ),
+        Field(
+            "redis_command", STRING, _only("redis", "toString(method)"), "Redis command, upper-cased (SET)."
+        ),
+        Field("redis_key", STRING, _only("redis", "path"), "Redis key (the command's first argument)."),
+        Field(
+            "redis_type",
+            STRING,
+            "toString(redis_type)",
+            "Redis reply type (simple, error, bulk, array, ...).",
+        ),
+        Field("postgresql_query", STRING, _only("postgresql", "path"), "PostgreSQL SQL text."),
+        Field("postgresql_user", STRING, "db_user", "PostgreSQL user from the connection's startup message."),
+        Field("postgresql_database", STRING, "db_name", "PostgreSQL database from the startup message."),
+        Field(
+            "postgresql_error_code",
+            STRING,
+            _only("postgresql", "toString(error_code)"),
+            "PostgreSQL SQLSTATE of an ErrorResponse (40001, 23505, ...).",
+        ),
+        Field(
+            "postgresql_command_tag",
+            STRING,
+            _only("postgresql", "toString(command_tag)"),
+            "PostgreSQL command tag (SELECT 3, INSERT 0 1; netrecall extension).",
+        ),
+        Field(
+            "kafka_api_key_name",
+            STRING,
+            _only("kafka", "toString(method)"),
+            "Kafka API (Produce, Fetch, ...).",
+        ),
+        Field("kafka_api_key", INT, _only("kafka", "toInt64(kafka_api_key)", "-1"), "Kafka API key number."),
+        Field("kafka_api_version", INT, "toInt64(kafka_api_version)", "Kafka API version."),
+        Field("kafka_client_id", STRING, "client_id", "Kafka client id."),
+        Field("kafka_topics", LIST_STRING, "kafka_topics", "Kafka topics the request names."),
+        Field("tls_sni", STRING, "tls_sni", "TLS server name (ClientHello SNI)."),
+        Field("tls_version", STRING, "toString(tls_version)", "TLS version negotiated (TLS 1.3, ...)."),
+        Field("tls_client_versions", LIST_STRING, "tls_client_versions", "TLS versions the client offered."),
+        Field("tls_alpn", LIST_STRING, "tls_alpn", "ALPN protocols the client offered (h2, http/1.1)."),
+        Field("tls_cipher", STRING, "toString(tls_cipher)", "Cipher suite the server chose (0x1301)."),
+        Field("ja3", STRING, "ja3", "JA3 fingerprint of the ClientHello (md5)."),
+        Field("ja3s", STRING, "ja3s", "JA3S fingerprint of the ServerHello (md5; netrecall extension)."),
+        Field("ja4", STRING, "ja4", "JA4 fingerprint of the ClientHello (FoxIO)."),
+        Field("status_message", STRING, "status_message", "Error text: grpc-message, Redis error, ..."),
+        Field("error_code", STRING, "toString(error_code)", "Protocol error code as text (SQLSTATE, ...)."),
+    ]
+
+
 def _api_calls_fields() -> list[Field]:
     fields = [
         Field(
@@ -199,6 +261,7 @@ def _api_calls_fields() -> list[Field]:
         Field("dns_response", BOOL, "dns_response", "The call carries a DNS response."),
         Field("grpc_method", STRING, "grpc_method", "gRPC method (/package.Service/Method)."),
         Field("grpc_status", INT, "toInt64(grpc_status)", "gRPC status code."),
+        *_protocol_detail_fields(),
         Field(
             "flow_id", INT, "toInt64(flow_id)", "The L4 flow the call came from (cross-reference to flows)."
         ),
