@@ -37,6 +37,9 @@ FULL_COLUMNS = (
     "request_body_size, response_body_size, request_body_truncated, response_body_truncated, "
     "src_workload, dst_workload, src_labels, dst_labels, dns_id, dns_request, dns_response, dns_truncated, "
     "grpc_method, grpc_status, has_response, partial, error, flow_id, "
+    "status_message, error_code, request_messages, response_messages, command_tag, result_rows, redis_type, "
+    "db_user, db_name, client_id, kafka_api_key, kafka_api_version, kafka_correlation_id, kafka_topics, "
+    "tls_sni, tls_version, tls_client_versions, tls_alpn, tls_alpn_selected, tls_cipher, ja3, ja3s, ja4, "
     "toUnixTimestamp64Nano(first_packet_ts) AS first_packet_ns, "
     "toUnixTimestamp64Nano(last_packet_ts) AS last_packet_ns"
 )
@@ -258,12 +261,75 @@ def get_call(
             response=bool(row["dns_response"]),
             truncated=bool(row["dns_truncated"]),
         )
-    if row["grpc_method"] or row["protocol"] == "grpc":
-        record["grpc"] = {"method": row["grpc_method"], "status": int(row["grpc_status"])}
+    record.update(_protocol_details(row))
     if include_payload:
         for side in ("request", "response"):
             record[side]["body"] = _payload(row[f"{side}_body_head"], size, int(row[f"{side}_body_size"]))
     return record
+
+
+def _protocol_details(row: dict) -> dict[str, Any]:
+    """The section of a full record that only one protocol fills (gRPC, Redis, PostgreSQL, Kafka, TLS)."""
+    proto = row["protocol"]
+    if row["grpc_method"] or proto == "grpc":
+        return {
+            "grpc": {
+                "method": row["grpc_method"],
+                "status": int(row["grpc_status"]),
+                "message": row["status_message"],
+                "request_messages": int(row["request_messages"]),
+                "response_messages": int(row["response_messages"]),
+            }
+        }
+    if proto == "redis":
+        return {
+            "redis": {
+                "command": row["method"],
+                "key": row["path"],
+                "type": row["redis_type"],
+                "error": row["status_message"],
+            }
+        }
+    if proto == "postgresql":
+        return {
+            "postgresql": {
+                "query": row["path"],
+                "user": row["db_user"],
+                "database": row["db_name"],
+                "command_tag": row["command_tag"],
+                "rows": int(row["result_rows"]),
+                "error_code": row["error_code"],
+                "error": row["status_message"],
+            }
+        }
+    if proto == "kafka":
+        return {
+            "kafka": {
+                "api": row["method"],
+                "api_key": int(row["kafka_api_key"]),
+                "api_version": int(row["kafka_api_version"]),
+                "correlation_id": int(row["kafka_correlation_id"]),
+                "client_id": row["client_id"],
+                "topics": list(row["kafka_topics"]),
+                "error_code": row["error_code"],
+            }
+        }
+    if proto == "tls":
+        return {
+            "tls": {
+                "sni": row["tls_sni"],
+                "version": row["tls_version"],
+                "client_versions": list(row["tls_client_versions"]),
+                "alpn": list(row["tls_alpn"]),
+                "alpn_selected": row["tls_alpn_selected"],
+                "cipher": row["tls_cipher"],
+                "ja3": row["ja3"],
+                "ja3s": row["ja3s"],
+                "ja4": row["ja4"],
+                "alert": row["status_message"],
+            }
+        }
+    return {}
 
 
 def _payload(data: bytes | str, max_size: int, real_size: int) -> dict[str, Any]:

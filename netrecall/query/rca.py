@@ -106,12 +106,27 @@ def _limit(limit: int) -> int:
     return min(int(limit), MAX_LIMIT)
 
 
+# Protocols whose calls carry 0 for success and anything else for a failure in status_code (Redis and
+# PostgreSQL: 1 for an error reply; Kafka: the first error code; TLS: the fatal alert's description).
+ZERO_IS_OK = ("dns", "redis", "postgresql", "kafka", "tls")
+
+# Whether a call failed, by its protocol's own rule (HTTP: a 5xx; gRPC: a non-zero grpc-status).
+FAILED = f"""
+    multiIf(protocol IN ({", ".join(f"'{p}'" for p in ZERO_IS_OK)}), status_code != 0,
+            protocol = 'grpc', grpc_status != 0,
+            status_code >= 500)
+"""
+
 _ERROR_KINDS = """
     multiIf(
         protocol = 'dns' AND status_code != 0, 'dns_error',
         protocol = 'grpc' AND grpc_status != 0, 'grpc_error',
         protocol IN ('http', 'http2') AND status_code >= 500, 'http_5xx',
         protocol IN ('http', 'http2') AND status_code >= 400, 'http_4xx',
+        protocol = 'redis' AND status_code != 0, 'redis_error',
+        protocol = 'postgresql' AND status_code != 0, 'postgresql_error',
+        protocol = 'kafka' AND status_code != 0, 'kafka_error',
+        protocol = 'tls' AND status_code != 0, 'tls_alert',
         error != '', 'parse_error',
         '')
 """
@@ -121,23 +136,28 @@ def summarize_errors(store: Store, scope: Scope, limit: int = 20, include_4xx: b
     """Errors grouped by (kind, protocol, source, destination, code) with counts and first/last seen.
 
     Kinds: http_5xx, http_4xx (kept separate: a 404 storm is rarely the outage), dns_error (rcode != 0),
-    grpc_error (status != 0), parse_error (stream that could not be dissected), tcp_reset (from flows).
+    grpc_error (status != 0), redis_error (error reply), postgresql_error (ErrorResponse; grouped by
+    SQLSTATE), kafka_error (error code), tls_alert (fatal handshake alert), parse_error (stream that could
+    not be dissected), tcp_reset (from flows).
     """
     limit = _limit(limit)
     kind_filter = "kind != ''" if include_4xx else "kind NOT IN ('', 'http_4xx')"
     sql = f"""
         SELECT kind, protocol, {who("src")} AS src, {who("dst")} AS dst,
                if(kind = 'grpc_error', grpc_status, status_code) AS code, any(status_text) AS status_text,
+               toString(error_code) AS error_code, substring(any(status_message), 1, 160) AS message,
                count() AS count, toUnixTimestamp64Nano(min(ts)) AS first_seen,
                toUnixTimestamp64Nano(max(ts)) AS last_seen,
                argMin(id, ts) AS example_id,
                argMin(multiIf(protocol = 'dns', concat(dns_questions[1], ' ', dns_question_types[1]),
                               protocol = 'grpc', grpc_method,
-                              concat(method, ' ', path)), ts) AS sample,
+                              protocol = 'tls', tls_sni,
+                              protocol = 'kafka', concat(method, ' ', arrayStringConcat(kafka_topics, ',')),
+                              concat(method, ' ', substring(path, 1, 160))), ts) AS sample,
                count() OVER () AS groups_total, sum(count()) OVER () AS errors_total
         FROM (SELECT *, {_ERROR_KINDS} AS kind FROM {scope.table} FINAL WHERE {scope.clause()})
         WHERE {kind_filter}
-        GROUP BY kind, protocol, src, dst, code
+        GROUP BY kind, protocol, src, dst, code, error_code
         ORDER BY count DESC, first_seen
         LIMIT {{lim:UInt32}}
     """
@@ -159,7 +179,7 @@ def summarize_errors(store: Store, scope: Scope, limit: int = 20, include_4xx: b
 def _error_group(row: Mapping[str, Any]) -> dict[str, Any]:
     code = int(row["code"])
     text = row["status_text"] or (DNS_RCODES.get(code, "") if row["kind"] == "dns_error" else "")
-    return {
+    group = {
         "kind": row["kind"],
         "proto": row["protocol"],
         "src": row["src"],
@@ -172,6 +192,9 @@ def _error_group(row: Mapping[str, Any]) -> dict[str, Any]:
         "example_id": row["example_id"],
         "sample": row["sample"].strip(),
     }
+    # SQLSTATE, Redis error prefix, Kafka error name; the text the server sent with it
+    group.update({key: row[key] for key in ("error_code", "message") if row[key]})
+    return group
 
 
 def _reset_groups(store: Store, scope: Scope, limit: int) -> list[dict[str, Any]]:
@@ -364,6 +387,9 @@ def _trace_event(r: Mapping[str, Any]) -> dict[str, Any]:
     elif proto == "grpc":
         event.update(method=r["grpc_method"], status=int(r["grpc_status"]))
         failed = int(r["grpc_status"]) != 0
+    elif proto in ZERO_IS_OK:
+        event.update(method=r["method"], path=r["path"][:160], status=int(r["status_code"]))
+        failed = int(r["status_code"]) != 0
     else:
         event.update(method=r["method"], path=r["path"], status=int(r["status_code"]))
         failed = int(r["status_code"]) >= 500
@@ -382,8 +408,7 @@ def api_stats(store: Store, scope: Scope, top: int = 10) -> dict[str, Any]:
     top = _limit(top)
     by_proto = store.dicts(
         f"""SELECT protocol, count() AS calls,
-                   countIf(multiIf(protocol = 'dns', status_code != 0, protocol = 'grpc', grpc_status != 0,
-                                   status_code >= 500)) AS errors,
+                   countIf({FAILED}) AS errors,
                    round(quantile(0.5)(elapsed_time) / 1000, 3) AS p50_ms,
                    round(quantile(0.95)(elapsed_time) / 1000, 3) AS p95_ms,
                    toUnixTimestamp64Nano(min(ts)) AS first_seen,
@@ -395,8 +420,7 @@ def api_stats(store: Store, scope: Scope, top: int = 10) -> dict[str, Any]:
         f"""SELECT {who("dst")} AS dst, protocol,
                    if(protocol = 'dns', dns_questions[1], if(protocol = 'grpc', grpc_method, path)) AS target,
                    count() AS calls,
-                   countIf(multiIf(protocol = 'dns', status_code != 0, protocol = 'grpc', grpc_status != 0,
-                                   status_code >= 500)) AS errors,
+                   countIf({FAILED}) AS errors,
                    round(quantile(0.95)(elapsed_time) / 1000, 3) AS p95_ms
             FROM {scope.table} FINAL WHERE {scope.clause()}
             GROUP BY dst, protocol, target ORDER BY calls DESC LIMIT {{lim:UInt32}}""",
