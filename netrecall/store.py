@@ -41,26 +41,32 @@ class StoreURL:
     username: str = "default"
     password: str = ""
     secure: bool = False
+    cluster: str = ""  # a ClickHouse cluster: tables are Distributed over <table>_local (docs/scaling.md)
 
     @property
     def display(self) -> str:
         """The address without credentials, for logs and manifests."""
+        on_cluster = f"?cluster={self.cluster}" if self.cluster else ""
         if self.kind == "chdb":
-            return f"chdb://{self.path}?database={self.database}"
+            return f"chdb://{self.path}?database={self.database}" + on_cluster.replace("?", "&")
         scheme = "https" if self.secure else "http"
-        return f"{scheme}://{self.host}:{self.port}/{self.database}"
+        return f"{scheme}://{self.host}:{self.port}/{self.database}{on_cluster}"
 
 
 def parse_store_url(url: str) -> StoreURL:
-    """chdb:///abs/path[?database=db] or http(s)://user:pass@host:port/db."""
+    """chdb:///abs/path[?database=db] or http(s)://user:pass@host:port/db, either with `cluster=NAME`."""
     parts = urlsplit(url)
     query = parse_qs(parts.query)
+    cluster = query.get("cluster", [""])[0]
+    if cluster and not _IDENTIFIER.match(cluster):
+        raise NetrecallError(f"store URL {url!r}: cluster name {cluster!r} must be a plain identifier")
     if parts.scheme == "chdb":
         path = unquote((parts.netloc + parts.path) if parts.netloc else parts.path)
         if not path:
             raise NetrecallError(f"store URL {url!r} has no path: use chdb:///absolute/path")
         database = query.get("database", [DEFAULT_DATABASE])[0]
-        return StoreURL("chdb", _check_database(database, url), path=str(Path(path).expanduser().resolve()))
+        resolved = str(Path(path).expanduser().resolve())
+        return StoreURL("chdb", _check_database(database, url), path=resolved, cluster=cluster)
     if parts.scheme in ("http", "https"):
         if not parts.hostname:
             raise NetrecallError(f"store URL {url!r} has no host")
@@ -73,6 +79,7 @@ def parse_store_url(url: str) -> StoreURL:
             username=unquote(parts.username or "default"),
             password=unquote(parts.password or ""),
             secure=parts.scheme == "https",
+            cluster=cluster,
         )
     raise NetrecallError(f"store URL {url!r}: scheme must be chdb://, http:// or https://")
 
@@ -97,6 +104,20 @@ class Store:
     @property
     def database(self) -> str:
         return self.address.database
+
+    @property
+    def cluster(self) -> str:
+        """The ClickHouse cluster the tables are distributed over ('' on one server)."""
+        return self.address.cluster
+
+    def insert_settings(self, settings: Mapping | None) -> dict:
+        """On a cluster, inserts into the Distributed tables are synchronous: the INSERT returns once every
+        shard has its rows, so an acknowledged agent batch is stored (not queued on the receiving node)
+        and its dedup token reaches the shards' Replicated tables in the same request."""
+        merged = dict(settings or {})
+        if self.cluster:
+            merged.setdefault("distributed_foreground_insert", 1)
+        return merged
 
     # --- reading -------------------------------------------------------------------------------------
     def rows(self, sql: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> list[tuple]:
@@ -149,6 +170,7 @@ class Store:
         """Insert an Arrow table by column name; absent columns take their DEFAULT."""
         if arrow_table.num_rows == 0:
             return
+        settings = self.insert_settings(settings)
         with clickhouse_errors():
             if self.kind == "chdb":
                 # chDB reads the Arrow table in place through the Python() table function: the fastest

@@ -186,7 +186,7 @@ class Delivery:
     def _count(self, name: str, batch: Batch) -> None:
         if batch.table == "packets":
             self.metrics.add_counts(name, dict(batch.per_iface()))
-        elif name == "inserted_packets" or name == "replayed_packets":
+        elif batch.table == "workloads" and name in ("inserted_packets", "replayed_packets"):
             self.metrics.inc("workload_rows_inserted", "", batch.rows if name == "inserted_packets" else 0)
 
     def _gauges(self) -> None:

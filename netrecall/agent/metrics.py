@@ -116,6 +116,74 @@ class Metrics:
         return " ".join(parts)
 
 
+# The counters an agent_stats row carries, as increments over its interval (schema table agent_stats).
+STATS_COUNTERS = (
+    "captured_packets",
+    "captured_bytes",
+    "kernel_drops",
+    "userspace_drops",
+    "spooled_packets",
+    "replayed_packets",
+    "inserted_packets",
+    "spool_dropped_packets",
+    "rejected_packets",
+)
+
+
+class StatsRows:
+    """Rows for the `agent_stats` table: the counters' increments since the previous row plus the gauges,
+    so Grafana on ClickHouse shows the same figures as /metrics (sum() over any bucket is exact)."""
+
+    def __init__(self, metrics: Metrics, node: str, backend: str, run_id: str, now_s: float) -> None:
+        self.metrics = metrics
+        self.node = node
+        self.backend = backend
+        self.run_id = run_id
+        self.batches = 0  # packet batches handed to delivery; the run loop counts them
+        self._last_s = now_s
+        self._last: dict[str, int] = dict.fromkeys(STATS_COUNTERS, 0)
+        self._last_batches = 0
+
+    def row(self, now_s: float) -> dict[str, object]:
+        totals = {name: self.metrics.total(name) for name in STATS_COUNTERS}
+        with self.metrics._lock:
+            gauges = dict(self.metrics._gauges)
+        row: dict[str, object] = {
+            "ts": int(now_s * 1000),
+            "node": self.node,
+            "run_id": self.run_id,
+            "backend": self.backend,
+            "interval_s": max(0.0, now_s - self._last_s),
+            # a counter never goes back; max() keeps a reset kernel counter from wrapping to 2^64
+            **{name: max(0, totals[name] - self._last[name]) for name in STATS_COUNTERS},
+            "batches": self.batches - self._last_batches,
+            "spool_batches": int(gauges.get("spool_batches", 0)),
+            "spool_bytes": int(gauges.get("spool_bytes", 0)),
+            "queue_chunks": int(gauges.get("queue_chunks", 0)),
+        }
+        self._last, self._last_s, self._last_batches = totals, now_s, self.batches
+        return row
+
+
+def stats_table(rows: list[dict[str, object]]):
+    """The rows as an Arrow table typed like agent_stats (ts in milliseconds)."""
+    import pyarrow as pa
+
+    uint64 = {name: pa.uint64() for name in (*STATS_COUNTERS, "batches", "spool_batches", "spool_bytes")}
+    schema = pa.schema(
+        [
+            ("ts", pa.timestamp("ms")),
+            ("node", pa.string()),
+            ("run_id", pa.string()),
+            ("backend", pa.string()),
+            ("interval_s", pa.float32()),
+            *uint64.items(),
+            ("queue_chunks", pa.uint32()),
+        ]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 

@@ -24,6 +24,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 from netrecall.agent.batcher import Batcher
 from netrecall.agent.delivery import Delivery
 from netrecall.agent.exclude import sink_endpoints
-from netrecall.agent.metrics import Metrics, MetricsServer
+from netrecall.agent.metrics import Metrics, MetricsServer, StatsRows
 from netrecall.agent.sink import open_sink
 from netrecall.agent.spool import Spool
 from netrecall.errors import NetrecallError
@@ -63,6 +64,7 @@ class AgentConfig:
     queue_bytes: int = 4 << 20  # captured bytes waiting for decode; beyond it, user-space drops
     batch_bytes: int = 2 << 20
     log_every_s: float = 5.0
+    stats_every_s: float = 10.0  # one agent_stats row per interval (Grafana's agent health)
     ring_mb: int = 8
     extra_exclude: list[str] = field(default_factory=list)  # more "ip:port" to keep out of the capture
 
@@ -282,6 +284,8 @@ class Agent:
         deadline = time.monotonic() + cfg.duration_s if cfg.duration_s else None
         next_log = time.monotonic() + cfg.log_every_s
         next_checkpoint = time.monotonic() + 1.0
+        stats = StatsRows(self.metrics, cfg.node, self.backend.name, uuid.uuid4().hex, time.time())
+        next_stats = time.monotonic() + cfg.stats_every_s
         capture_done = False
         while not capture_done:
             if deadline is not None and time.monotonic() >= deadline:
@@ -304,6 +308,7 @@ class Agent:
                 if self.resolver is not None:
                     batch.data = self.resolver.enrich(batch.data)
                 delivery.submit(batch)
+                stats.batches += 1
             self._workloads(delivery)
             now = time.monotonic()
             if now >= next_checkpoint:
@@ -314,6 +319,9 @@ class Agent:
             if now >= next_log:
                 log.info("%s", self.metrics.log_line())
                 next_log = now + cfg.log_every_s
+            if now >= next_stats:
+                self._stats(delivery, stats)
+                next_stats = now + cfg.stats_every_s
             if delivery.fatal is not None:
                 self.stop_event.set()
         capture.join(5)
@@ -321,6 +329,7 @@ class Agent:
         if self.watcher is not None:
             self.watcher.stop()
         self._workloads(delivery)
+        self._stats(delivery, stats)  # the last interval, up to the stop
         self.backend.close()
         emptied = delivery.close(timeout=60)
         sink.close()
@@ -350,6 +359,14 @@ class Agent:
             from netrecall.agent.batcher import Batch
 
             delivery.submit(Batch("workloads", changes))
+
+    def _stats(self, delivery: Delivery, stats: StatsRows) -> None:
+        """One agent_stats row, delivered like any batch (spooled when the sink is down)."""
+        from netrecall.agent.batcher import Batch
+        from netrecall.agent.metrics import stats_table
+
+        self._kernel_counters()
+        delivery.submit(Batch("agent_stats", stats_table([stats.row(time.time())])))
 
     def _kernel_counters(self) -> None:
         stats = self.backend.kernel_stats()

@@ -72,6 +72,9 @@ def register(app: typer.Typer) -> None:
         log_every: Annotated[
             float, typer.Option("--log-every", help="Seconds between counter log lines")
         ] = 5.0,
+        stats_every: Annotated[
+            float, typer.Option("--stats-every", help="Seconds between agent_stats rows (agent health)")
+        ] = 10.0,
     ) -> None:
         """Capture until SIGTERM (or --duration), deliver every packet, then exit cleanly."""
         from netrecall.agent.run import AgentConfig, run_agent
@@ -103,6 +106,7 @@ def register(app: typer.Typer) -> None:
             batch_seconds=batch_seconds,
             extra_exclude=list(exclude or []),
             log_every_s=log_every,
+            stats_every_s=stats_every,
         )
         summary = run_agent(config)
         if summary_json:

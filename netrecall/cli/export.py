@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -61,15 +62,25 @@ def export_pcap_command(
     annotate: Annotated[
         bool, typer.Option("--annotate", help="pcapng: comment each packet with both workloads")
     ] = False,
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="Name of the schedule running this export (audit row, manifest)")
+    ] = "",
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why the evidence is taken (audit row, manifest)")
+    ] = "",
     store_url: StoreOption = None,
     url: HubOption = None,
     token: TokenOption = None,
     fmt: SummaryFormatOption = OutputFormat.table,
 ) -> None:
-    """Write the selected packets in timestamp order: original bytes, lengths and nanosecond timestamps."""
-    from netrecall.query.export import check_output_path, export_pcap
+    """Write the selected packets in timestamp order: original bytes, lengths and nanosecond timestamps.
+
+    OUT may hold {time} (the run's UTC time, 20260314T220000Z) and {schedule}, so a CronJob names each
+    run's file without a shell."""
+    from netrecall.query.export import Custody, check_output_path, export_pcap
     from netrecall.query.selection import PacketFilters
 
+    out = Path(expand_output_name(str(out), schedule))
     capture_format = file_format or ("pcapng" if str(out).endswith(".pcapng") or annotate else "pcap")
     check_output_path(out)  # before opening the store: a bad path fails fast and leaves nothing
     filters = PacketFilters(
@@ -88,11 +99,14 @@ def export_pcap_command(
     if url:  # the hub writes the file (and its own manifest); it streams here, checked, with a manifest
         from netrecall.query.export import export_through_hub
 
+        if schedule or reason:
+            raise NetrecallError("--schedule and --reason need --store (the hub's API does not take them)")
         result = export_through_hub(hub_client(url, token), url, out, filters, capture_format, annotate)
     else:
         store = open_cli_store(store_url)
         try:
-            result = export_pcap(store, out, filters, fmt=capture_format, annotate=annotate)
+            custody = Custody(schedule=schedule, reason=reason)
+            result = export_pcap(store, out, filters, fmt=capture_format, annotate=annotate, custody=custody)
         finally:
             store.close()
     if result.note:
@@ -106,6 +120,35 @@ def export_pcap_command(
         "manifest": result.manifest_path,
     }
     emit([row], fmt)
+
+
+def expand_output_name(out: str, schedule: str, now_ns: int | None = None) -> str:
+    """{time} -> the UTC time of this run (second precision), {schedule} -> the schedule's name."""
+    if "{" not in out:
+        return out
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime((now_ns or time.time_ns()) / 1e9))
+    return out.replace("{time}", stamp).replace("{schedule}", schedule or "manual")
+
+
+@export_app.command("prune")
+def prune_command(
+    directory: Annotated[Path, typer.Argument(help="Directory holding exports and their manifests")],
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Delete exports whose manifest is older than this, e.g. 30d")
+    ],
+    schedule: Annotated[
+        str | None, typer.Option("--schedule", help="Only the exports this schedule made")
+    ] = None,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Delete old exports (file and manifest) from DIR; the `exports` audit rows are kept."""
+    from netrecall.query.export import prune_exports
+    from netrecall.timeutil import parse_duration_ns
+
+    if not directory.is_dir():
+        raise NetrecallError(f"{directory} is not a directory")
+    deleted = prune_exports(directory, parse_duration_ns(older_than), schedule=schedule)
+    emit([{"deleted": str(path)} for path in deleted], fmt)
 
 
 @export_app.command("verify")

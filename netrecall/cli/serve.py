@@ -29,6 +29,16 @@ def serve(
     store_url: StoreOption = None,
     no_redact: NoRedactOption = False,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "info",
+    retention_ttl: Annotated[
+        str | None, typer.Option("--retention-ttl", help="TTL the hub sets at start, e.g. 72h")
+    ] = None,
+    retention_max_bytes: Annotated[
+        str | None,
+        typer.Option("--retention-max-bytes", help="Byte budget the hub enforces, e.g. 50GiB"),
+    ] = None,
+    retention_every: Annotated[
+        float, typer.Option("--retention-every", help="Seconds between byte-budget passes")
+    ] = 300.0,
 ) -> None:
     """Run the hub: owns the store, serves REST + /mcp, takes agents' batches on /api/ingest."""
     import uvicorn
@@ -44,6 +54,7 @@ def serve(
     # The owner note of an embedded store tells a refused second opener which --url to use instead.
     os.environ["NETRECALL_HUB_URL"] = url
     store = open_cli_store(store_url)
+    retention = _start_retention(store, retention_ttl, retention_max_bytes, retention_every)
     app = build_app(Service(store, redact=not no_redact), token=secret, host=host)
     print(
         f"netrecall: hub on {url} (store {store.address.display}, "
@@ -53,7 +64,21 @@ def serve(
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
     finally:
+        if retention is not None:
+            retention.stop()
         store.close()
+
+
+def _start_retention(store, ttl: str | None, max_bytes: str | None, every_s: float):
+    """The hub's retention thread when a rule is given (none otherwise: `netrecall retention` by hand)."""
+    if ttl is None and max_bytes is None:
+        return None
+    from netrecall.hub.retention import RetentionLoop
+    from netrecall.timeutil import parse_duration_ns, parse_size_bytes
+
+    ttl_seconds = parse_duration_ns(ttl) // 1_000_000_000 if ttl else None
+    budget = parse_size_bytes(max_bytes) if max_bytes else None
+    return RetentionLoop(store, ttl_seconds, budget, every_s).start()
 
 
 def mcp(

@@ -1,6 +1,7 @@
 """Agents' batches into the store: one Arrow IPC stream per POST, idempotent by the batch token.
 
-Contract (the agent's HubSink): `POST /api/ingest?table=packets|workloads`, `Authorization: Bearer T`,
+Contract (the agent's HubSink): `POST /api/ingest?table=packets|workloads|agent_stats`,
+`Authorization: Bearer T`,
 `X-Netrecall-Batch: <token>`, `Content-Type: application/vnd.apache.arrow.stream`. A retried batch (same
 token) is stored once: the hub remembers recent tokens, and ClickHouse deduplicates the insert itself
 by `insert_deduplication_token` (packets and flows keep a non-replicated deduplication window), on the
@@ -18,11 +19,11 @@ import pyarrow as pa
 
 from netrecall.errors import NetrecallError
 from netrecall.ingest.flows import dedup_settings, insert_batch
-from netrecall.schema.tables import PACKETS, WORKLOADS
+from netrecall.schema.tables import AGENT_STATS, PACKETS, WORKLOADS
 from netrecall.store import Store
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
-TABLES = {t.name: t for t in (PACKETS, WORKLOADS)}
+TABLES = {t.name: t for t in (PACKETS, WORKLOADS, AGENT_STATS)}
 # Columns the store computes itself: an agent's value would be ignored or wrong, so they are dropped.
 COMPUTED = frozenset({"flow_id", "stored_at", "observed_at"})
 _BATCH_TOKEN = re.compile(r"^[A-Za-z0-9._:\-]{8,128}$")

@@ -310,7 +310,7 @@ def openapi_document() -> dict[str, Any]:
                         "name": "table",
                         "in": "query",
                         "required": True,
-                        "schema": {"type": "string", "enum": ["packets", "workloads"]},
+                        "schema": {"type": "string", "enum": ["packets", "workloads", "agent_stats"]},
                     },
                     {
                         "name": "X-Netrecall-Batch",

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,7 +27,7 @@ from netrecall.errors import NetrecallError
 from netrecall.query.pcapfile import PCAP_SNAPLEN, PcapngWriter, PcapWriter, iter_packets
 from netrecall.query.selection import PacketFilters, Selection, build_selection
 from netrecall.store import Store
-from netrecall.timeutil import format_time_ns
+from netrecall.timeutil import format_time_ns, parse_time_ns
 
 FORMATS = ("pcap", "pcapng")
 MANIFEST_SUFFIX = ".manifest.json"
@@ -49,6 +50,19 @@ class ExportResult:
     sha256: str
     nodes: list[str] = field(default_factory=list)
     note: str = ""
+
+
+@dataclass(frozen=True)
+class Custody:
+    """Chain-of-custody facts of one export: the schedule that ran it ('' by hand), why, and the id of its
+    audit row (the same id in the manifest and in `exports`, so each finds the other)."""
+
+    schedule: str = ""
+    reason: str = ""
+    audit_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def manifest_fields(self) -> dict[str, str]:
+        return {"schedule": self.schedule, "reason": self.reason, "audit_id": self.audit_id}
 
 
 def who_ran() -> str:
@@ -106,12 +120,15 @@ def export_pcap(
     annotate: bool = False,
     now_ns: int | None = None,
     created_by: str | None = None,
+    custody: Custody | None = None,
 ) -> ExportResult:
     """Write the packets `filters` select to `out` (pcap or pcapng), plus the manifest and audit row.
 
     `created_by` names who asked (the hub passes its caller); the default is this process's user@host.
+    `custody` names the schedule that ran the export and why (docs/compliance.md).
     """
     who = created_by or who_ran()
+    custody = custody or Custody()
     if fmt not in FORMATS:
         raise NetrecallError(f"invalid --format {fmt!r}: expected pcap or pcapng")
     if annotate and fmt != "pcapng":
@@ -146,8 +163,9 @@ def export_pcap(
         note="" if stats["packets"] else "no packet matched the filters: wrote a valid empty capture",
     )
     manifest = _manifest(store, filters, selection, result, stats, link_type if fmt == "pcap" else None, who)
+    manifest.update(custody.manifest_fields())
     _write_json_atomically(Path(result.manifest_path), manifest)
-    _audit(store, filters, result, who)
+    _audit(store, filters, result, who, custody)
     return result
 
 
@@ -315,6 +333,32 @@ def _manifest(
     }
 
 
+def prune_exports(
+    directory: str | Path, older_than_ns: int, schedule: str | None = None, now_ns: int | None = None
+) -> list[Path]:
+    """Delete the exports in `directory` whose manifest was created more than `older_than_ns` ago (and, with
+    `schedule`, that this schedule made): the file, then its manifest (a manifest without its file still
+    tells what was there). Only files a netrecall manifest describes are touched; the `exports` audit
+    rows stay. Returns the deleted files."""
+    cutoff = (now_ns if now_ns is not None else time.time_ns()) - older_than_ns
+    deleted: list[Path] = []
+    for manifest_path in sorted(Path(directory).glob("*" + MANIFEST_SUFFIX)):
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            created_ns = parse_time_ns(str(manifest["created_at"]))
+        except (OSError, ValueError, KeyError, NetrecallError):
+            continue  # not one of ours, or unreadable: never delete what we cannot date
+        if manifest.get("kind") != "netrecall-export" or created_ns >= cutoff:
+            continue
+        if schedule is not None and manifest.get("schedule") != schedule:
+            continue
+        exported = manifest_path.with_name(manifest_path.name.removesuffix(MANIFEST_SUFFIX))
+        exported.unlink(missing_ok=True)
+        manifest_path.unlink(missing_ok=True)
+        deleted.append(exported)
+    return deleted
+
+
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -325,15 +369,22 @@ def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
         raise NetrecallError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _audit(store: Store, filters: PacketFilters, result: ExportResult, who: str) -> None:
+def _audit(
+    store: Store, filters: PacketFilters, result: ExportResult, who: str, custody: Custody | None = None
+) -> None:
     user, _, host = who.partition("@")
     host = host or socket.gethostname()
+    custody = custody or Custody()
     store.command(
-        "INSERT INTO exports (created_by, host, filters, file, format, sha256, packets, bytes, "
-        "netrecall_version) "
-        "VALUES ({by:String}, {host:String}, {filters:String}, {file:String}, {format:String}, {sha:String}, "
-        "{packets:UInt64}, {bytes:UInt64}, {version:String})",
+        "INSERT INTO exports (id, created_by, host, filters, file, format, sha256, packets, bytes, "
+        "netrecall_version, schedule, reason) "
+        "VALUES ({id:UUID}, {by:String}, {host:String}, {filters:String}, {file:String}, "
+        "{format:String}, {sha:String}, {packets:UInt64}, {bytes:UInt64}, {version:String}, "
+        "{schedule:String}, {reason:String})",
         {
+            "id": custody.audit_id,
+            "schedule": custody.schedule,
+            "reason": custody.reason,
             "by": user,
             "host": host,
             "filters": json.dumps(filters.as_dict(), sort_keys=True),

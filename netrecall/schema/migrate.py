@@ -8,6 +8,7 @@ from netrecall.errors import NetrecallError
 from netrecall.schema.tables import (
     API_CALLS,
     DEFAULT_TTL_SECONDS,
+    EXPORTS,
     FLOWS,
     PACKET_PARTS,
     PACKETS,
@@ -70,8 +71,15 @@ V5_CALL_COLUMNS = API_CALLS.column_names[
 
 def _v4_to_v5(existing: set[str]) -> list[str]:
     """api_calls (and snapshot copies) gain the columns of the protocols beyond HTTP/1 and DNS, and a
-    bloom filter on the TLS server name. Existing rows read the new columns' defaults."""
+    bloom filter on the TLS server name; the exports audit gains the schedule and the reason of each
+    export. Existing rows read the new columns' defaults. (agent_stats is new: created afterwards.)"""
     steps = []
+    if "exports" in existing:
+        add = "ALTER TABLE exports ADD COLUMN IF NOT EXISTS"
+        steps += [
+            f"{add} {_column(EXPORTS, 'schedule')} AFTER netrecall_version",
+            f"{add} {_column(EXPORTS, 'reason')} AFTER schedule",
+        ]
     for table in sorted({"api_calls", "snapshot_api_calls"} & existing):
         after = "grpc_status"
         for name in V5_CALL_COLUMNS:
@@ -114,6 +122,8 @@ def ensure_schema(store: Store) -> int:
         )
     if version == SCHEMA_VERSION:
         return version
+    if store.cluster:
+        return _create_cluster_schema(store, version)
     # An empty database (version 0) takes the current schema as is; an older store walks the steps first.
     for step in range(version, SCHEMA_VERSION) if version else ():
         existing = {row[0] for row in store.rows("SHOW TABLES")}
@@ -124,6 +134,24 @@ def ensure_schema(store: Store) -> int:
     store.command(
         "INSERT INTO netrecall_meta (key, value) VALUES ('schema_version', {v:String})",
         {"v": str(SCHEMA_VERSION)},
+    )
+    return SCHEMA_VERSION
+
+
+def _create_cluster_schema(store: Store, version: int) -> int:
+    """On a cluster: the Replicated local tables and the Distributed tables over them, ON CLUSTER (what
+    `netrecall schema print --cluster NAME` prints). The chart's migration Job runs this once per release."""
+    if version:
+        raise NetrecallError(
+            f"store {store.address.display} has schema version {version}: moving a cluster forward is done "
+            f"with the ON CLUSTER steps of docs/scaling.md; this netrecall creates version {SCHEMA_VERSION}"
+        )
+    for statement in schema_statements(ttl_seconds=DEFAULT_TTL_SECONDS, cluster=store.cluster):
+        store.command(statement)
+    store.command(
+        "INSERT INTO netrecall_meta (key, value) VALUES ('schema_version', {v:String})",
+        {"v": str(SCHEMA_VERSION)},
+        settings=store.insert_settings(None),
     )
     return SCHEMA_VERSION
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from netrecall.errors import NetrecallError
 from netrecall.schema.migrate import current_ttl_seconds
-from netrecall.schema.tables import ROLLING_TABLES
+from netrecall.schema.tables import LOCAL_SUFFIX, ROLLING_TABLES
 from netrecall.store import Store
 
 MIN_TTL_SECONDS = 60
@@ -105,7 +105,9 @@ def apply_retention(
     tables = _existing_rolling_tables(store)
     if ttl_seconds is not None:
         for table in tables:
-            store.command(f"ALTER TABLE {table} MODIFY TTL {ttl_expression(ttl_seconds)}")
+            store.command(
+                f"ALTER TABLE {_alter_target(store, table)} MODIFY TTL {ttl_expression(ttl_seconds)}"
+            )
         _remember(store, "ttl_seconds", ttl_seconds)
     if max_bytes is not None:
         _remember(store, "max_bytes", max_bytes)
@@ -131,11 +133,12 @@ def table_usage(store: Store, tables: list[str]) -> list[TableUsage]:
             " sum(data_compressed_bytes) AS compressed, sum(data_uncompressed_bytes) AS uncompressed,"
             " uniqExact(partition_id) AS partitions,"
             " toUnixTimestamp(min(min_time)) AS oldest, toUnixTimestamp(max(max_time)) AS newest"
-            " FROM system.parts WHERE database = currentDatabase() AND active AND table IN {t:Array(String)}"
-            " GROUP BY table",
-            {"t": tables},
+            f" FROM {_parts(store)} WHERE database = currentDatabase() AND active"
+            " AND table IN {t:Array(String)} GROUP BY table",
+            {"t": _stored_names(store, tables)},
         )
     }
+    found = {name.removesuffix(LOCAL_SUFFIX): row for name, row in found.items()}
     usage = []
     for table in tables:
         row = found.get(table)
@@ -165,9 +168,9 @@ def _enforce_budget(store: Store, tables: list[str], budget: int) -> tuple[list[
     """
     hours: dict[int, int] = {}
     for partition_id, size in store.rows(
-        "SELECT partition_id, sum(bytes_on_disk) FROM system.parts"
+        f"SELECT partition_id, sum(bytes_on_disk) FROM {_parts(store)}"
         " WHERE database = currentDatabase() AND active AND table IN {t:Array(String)} GROUP BY partition_id",
-        {"t": tables},
+        {"t": _stored_names(store, tables)},
     ):
         if _PARTITION_ID.match(partition_id):
             hours[int(partition_id)] = int(size)
@@ -178,10 +181,25 @@ def _enforce_budget(store: Store, tables: list[str], budget: int) -> tuple[list[
         hour = ordered.pop(0)
         for table in tables:
             # DROP PARTITION of an absent partition is a no-op; the id is digits only (checked above)
-            store.command(f"ALTER TABLE {table} DROP PARTITION ID '{hour}'")
+            store.command(f"ALTER TABLE {_alter_target(store, table)} DROP PARTITION ID '{hour}'")
         used -= hours[hour]
         dropped.append(datetime.fromtimestamp(hour, tz=UTC))
     return dropped, used > budget
+
+
+# On a cluster (docs/scaling.md) the rows live in the shards' <table>_local tables: the TTL and partition
+# drops go to them ON CLUSTER, and usage is read from every replica's parts. The budget then counts all
+# replicas' bytes, i.e. the cluster's disk, not one shard's.
+def _parts(store: Store) -> str:
+    return f"clusterAllReplicas({store.cluster}, system.parts)" if store.cluster else "system.parts"
+
+
+def _stored_names(store: Store, tables: list[str]) -> list[str]:
+    return [t + LOCAL_SUFFIX for t in tables] if store.cluster else tables
+
+
+def _alter_target(store: Store, table: str) -> str:
+    return f"{table}{LOCAL_SUFFIX} ON CLUSTER {store.cluster}" if store.cluster else table
 
 
 def _existing_rolling_tables(store: Store) -> list[str]:

@@ -423,9 +423,42 @@ EXPORTS = Table(
         ("packets", "UInt64"),
         ("bytes", "UInt64"),
         ("netrecall_version", "String"),
+        # Chain of custody (schema v5): the CronJob schedule that ran the export ('' by hand) and why
+        ("schedule", "LowCardinality(String)"),
+        ("reason", "String"),
     ],
     order_by="created_at",
     ttl=False,
+)
+
+# The agents' own health, one row per agent per interval, so Grafana on ClickHouse can show what the
+# Prometheus counters show (docs/agent.md "Counters"). Counters are the increments during the interval
+# (sum() over any time bucket is right); gauges are the value at `ts`. Rolls with the other tables.
+AGENT_STATS = Table(
+    name="agent_stats",
+    columns=[
+        ("ts", "DateTime64(3)"),  # end of the interval
+        ("stored_at", "DateTime DEFAULT now()"),
+        ("node", "LowCardinality(String)"),
+        ("run_id", "String"),  # one agent process: a restart starts a new run
+        ("backend", "LowCardinality(String)"),  # ebpf or afpacket
+        ("interval_s", "Float32"),
+        ("captured_packets", "UInt64"),
+        ("captured_bytes", "UInt64"),
+        ("kernel_drops", "UInt64"),
+        ("userspace_drops", "UInt64"),
+        ("spooled_packets", "UInt64"),
+        ("replayed_packets", "UInt64"),
+        ("inserted_packets", "UInt64"),
+        ("spool_dropped_packets", "UInt64"),
+        ("rejected_packets", "UInt64"),
+        ("batches", "UInt64"),  # packet batches handed to delivery
+        ("spool_batches", "UInt64"),
+        ("spool_bytes", "UInt64"),
+        ("queue_chunks", "UInt32"),
+    ],
+    partition_by="toStartOfHour(stored_at)",
+    order_by="(node, ts)",
 )
 
 META = Table(
@@ -485,6 +518,7 @@ TABLES: list[Table] = [
     IMPORTS,
     SNAPSHOTS,
     EXPORTS,
+    AGENT_STATS,
     *SNAPSHOT_TABLES,
 ]
 ROLLING_TABLES = [t.name for t in TABLES if t.ttl]
