@@ -3,8 +3,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and benchmarks use: tshark is the reference dissector, python3-dpkt ships
-# real example captures, the others play real servers and clients in network namespaces.
-APT_PKGS := tshark tcpdump python3-dpkt dnsmasq nginx-light iproute2 curl python3-bpfcc etcd-server golang-go rsync dpkg-dev openssl iperf3 bind9-dnsutils
+# real example captures, the others play real servers and clients in network namespaces (redis-server,
+# postgresql and their benchmark clients feed the dissection benchmarks).
+APT_PKGS := tshark tcpdump python3-dpkt dnsmasq nginx-light iproute2 curl python3-bpfcc etcd-server golang-go rsync dpkg-dev openssl iperf3 bind9-dnsutils redis-server redis-tools postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt testenv run test bench lint clean
