@@ -4,13 +4,21 @@ how to add one (HTTP/2, gRPC, Redis, Kafka, PostgreSQL and TLS are next)."""
 
 from __future__ import annotations
 
-from netrecall.dissect.protocols import dns, http1
+from netrecall.dissect.protocols import dns, http1, http2, kafka, postgresql, redis, tls
 from netrecall.dissect.protocols.base import StreamDissector
 
 
 def stream_dissectors() -> list[StreamDissector]:
     """Fresh dissector instances for one run (some keep per-run state, such as DNS matching)."""
-    return [http1.HttpDissector(), dns.DnsTcpDissector()]
+    return [
+        tls.TlsDissector(),
+        http2.Http2Dissector(),
+        http1.HttpDissector(),
+        postgresql.PostgresDissector(),
+        redis.RedisDissector(),
+        kafka.KafkaDissector(),
+        dns.DnsTcpDissector(),
+    ]
 
 
 # every protocol name a run may count calls or parse errors for, in summary order

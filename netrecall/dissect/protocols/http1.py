@@ -4,7 +4,9 @@
   `HTTP/1.` is the server. A connection captured mid-way is searched for the first message start.
 - Framing: Transfer-Encoding chunked, else Content-Length, else (responses only) until the server
   closes. HEAD, 1xx, 204 and 304 responses have no body. `100 Continue` and other 1xx (except 101) are
-  interim: the final response is the one matched. 101 and a successful CONNECT turn the stream opaque.
+  interim: the final response is the one matched. 101 and a successful CONNECT turn the stream opaque,
+  except 101 to `h2c`: the connection is handed to an HTTP/2 session (http2.py) whose stream 1 is the
+  request that asked for the upgrade (the client's bytes after that request wait for its answer).
 - Pipelining and keep-alive: requests queue in order; the n-th final response answers the n-th request.
 - Bodies: de-chunked, then decoded from gzip/deflate for storage, kept up to `body_limit` bytes;
   `*_body_size` is the real de-chunked size on the wire (before decoding).
@@ -40,7 +42,7 @@ MIDSTREAM_SCAN = 64 * 1024  # how far into a mid-connection capture to look for 
 RESYNC_TAIL = 32  # bytes kept when a resync search fails: a message start may straddle the boundary
 
 # parser states, one parser per direction
-HEAD, BODY_LEN, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, BODY_CLOSE, RESYNC, OPAQUE = range(9)
+HEAD, BODY_LEN, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, BODY_CLOSE, RESYNC, OPAQUE, UPGRADED = range(10)
 
 
 class Message:
@@ -123,9 +125,13 @@ class HttpSession:
         )
         self.requests: deque[Message] = deque()
         self.body_limit = conn.ctx.config.body_limit
+        self.upgrade_asked = False  # a request with `Upgrade: h2c` waits for its answer
+        self.h2: Any = None  # the HTTP/2 session the connection was handed to after 101 to h2c
 
     # --- session contract -------------------------------------------------------------------------------
     def feed(self, side: int) -> None:
+        if self.h2 is not None:
+            return self.h2.feed(side)
         d = self.dirs[side]
         half = d.half
         buf = half.buf
@@ -142,8 +148,14 @@ class HttpSession:
             d.state = RESYNC
             d.msg = None
         half.consume(pos)
+        if self.h2 is not None:  # the rest of both directions is HTTP/2 now: requests before answers
+            self.h2.feed(self.client)
+            self.h2.feed(1 - self.client)
+        return None
 
     def on_gap(self, side: int, missing: int) -> None:
+        if self.h2 is not None:
+            return self.h2.on_gap(side, missing)
         d = self.dirs[side]
         self.feed(side)
         if d.state in (BODY_LEN, CHUNK_DATA) and d.msg is not None and d.remaining >= missing:
@@ -165,8 +177,11 @@ class HttpSession:
         if d.state != OPAQUE:
             d.state = RESYNC
             d.skipped = True
+        return None
 
     def close(self) -> None:
+        if self.h2 is not None:
+            return self.h2.close()
         for side in (self.client, 1 - self.client):
             d = self.dirs[side]
             self.feed(side)
@@ -177,8 +192,11 @@ class HttpSession:
                 self._done(d)
         while self.requests:
             self._emit(self.requests.popleft(), None)
+        return None
 
     def pending_ts(self) -> int | None:
+        if self.h2 is not None:
+            return self.h2.pending_ts()
         times = [r.ts for r in self.requests]
         times += [d.msg.ts for d in self.dirs if d.msg is not None]
         return min(times) if times else None
@@ -189,8 +207,8 @@ class HttpSession:
         avail = len(buf) - pos
         state = d.state
         if state == HEAD:
-            if avail == 0:
-                return None
+            if avail == 0 or (d.is_request and self.upgrade_asked):
+                return None  # (after an h2c upgrade request: HTTP/2's preface, or more HTTP/1.1)
             return self._head(d, buf, pos)
         if state in (BODY_LEN, CHUNK_DATA):
             if avail == 0:
@@ -256,6 +274,8 @@ class HttpSession:
             return pos + avail
         if state == RESYNC:
             return self._resync(d, buf, pos)
+        if state == UPGRADED:
+            return None  # the HTTP/2 session takes the bytes from here
         # OPAQUE: after 101 Switching Protocols or CONNECT, the bytes are not HTTP any more
         return pos + avail if avail else None
 
@@ -364,18 +384,43 @@ class HttpSession:
             return
         if d.is_request:
             self.requests.append(msg)
+            if "h2c" in (msg.header("Upgrade", "upgrade") or "").lower():
+                self.upgrade_asked = True
             if msg.method == "CONNECT":
                 pass  # the tunnel starts only once the server agrees (see the response side)
             return
         if 100 <= msg.status < 200 and msg.status != 101:
             return  # interim response (100 Continue, 103 Early Hints): the final one follows
         request = self.requests.popleft() if self.requests else None
+        if self.upgrade_asked:
+            self.upgrade_asked = False
+            if msg.status == 101 and request is not None and self._to_h2c(request, msg):
+                return
+            if self._held_back():  # declined: the requests that waited are HTTP/1.1, read them now
+                self.feed(self.client)
         if msg.status == 101 or (
             request is not None and request.method == "CONNECT" and 200 <= msg.status < 300
         ):
             d.state = OPAQUE
             self.dirs[self.client].state = OPAQUE
         self._emit(request, msg)
+
+    def _held_back(self) -> bool:
+        """Client bytes kept while an upgrade was asked: after a refusal they are HTTP/1.1 again."""
+        d = self.dirs[self.client]
+        return d.state == HEAD and bool(d.half.buf)
+
+    def _to_h2c(self, request: Message, response: Message) -> bool:
+        """101 to h2c: hand the connection to HTTP/2; the upgraded request becomes its stream 1."""
+        if "h2c" not in (response.header("Upgrade", "upgrade") or "").lower():
+            return False
+        from netrecall.dissect.protocols import http2  # http2 imports this module
+
+        self.h2 = http2.upgraded_session(self.conn, self.client, request)
+        self.conn.session = self.h2
+        for d in self.dirs:
+            d.state = UPGRADED
+        return True
 
     # --- output -----------------------------------------------------------------------------------------
     def _broken(self, d: _Direction, message: str, offset: int) -> None:
