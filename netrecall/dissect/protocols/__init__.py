@@ -1,6 +1,6 @@
 """Protocol modules, one per protocol: each has a detector by content, a parser and the mapping to api_calls
-columns. `stream_dissectors()` lists the TCP ones in the order they are tried; docs/protocols.md explains
-how to add one (HTTP/2, gRPC, Redis, Kafka, PostgreSQL and TLS are next)."""
+columns. `stream_dissectors()` lists the TCP ones in the order they are tried (strict detectors first);
+docs/protocols.md explains how to add one."""
 
 from __future__ import annotations
 
