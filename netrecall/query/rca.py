@@ -145,7 +145,7 @@ def summarize_errors(store: Store, scope: Scope, limit: int = 20, include_4xx: b
     sql = f"""
         SELECT kind, protocol, {who("src")} AS src, {who("dst")} AS dst,
                if(kind = 'grpc_error', grpc_status, status_code) AS code, any(status_text) AS status_text,
-               toString(error_code) AS error_code, substring(any(status_message), 1, 160) AS message,
+               toString(error_code) AS error_code, substring(argMin(status_message, ts), 1, 160) AS message,
                count() AS count, toUnixTimestamp64Nano(min(ts)) AS first_seen,
                toUnixTimestamp64Nano(max(ts)) AS last_seen,
                argMin(id, ts) AS example_id,
