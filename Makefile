@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Debian packages the tests and benchmarks use: tshark is the reference dissector, python3-dpkt ships
 # real example captures, the others play real servers and clients in network namespaces (redis-server,
 # postgresql and their benchmark clients feed the dissection benchmarks); chromium drives the page's tests.
-APT_PKGS := tshark tcpdump python3-dpkt dnsmasq nginx-light iproute2 curl python3-bpfcc etcd-server golang-go rsync dpkg-dev openssl iperf3 bind9-dnsutils redis-server redis-tools postgresql chromium fonts-dejavu-core
+APT_PKGS := tshark tcpdump python3-dpkt dnsmasq nginx-light iproute2 curl python3-bpfcc etcd-server golang-go rsync dpkg-dev openssl iperf3 bind9-dnsutils redis-server redis-tools postgresql chromium fonts-dejavu-core nftables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt testenv run test bench lint clean
