@@ -24,6 +24,7 @@ _COMMAND_MODULES = [
     "imports",
     "dissect",
     "query",
+    "rootcause",
     "export",
     "snapshot",
     "retention",

@@ -122,9 +122,14 @@ class HubClient:
         until: Any = None,
         ip: str | None = None,
         port: int | None = None,
-        aggregate: bool = False,
+        aggregate: bool | str | None = False,
         limit: int = 100,
         snapshot: str | None = None,
+        l4proto: str | None = None,
+        ns: str | None = None,
+        pod: str | None = None,
+        svc: str | None = None,
+        failing: bool = False,
     ) -> dict[str, Any]:
         return self.request(
             "GET",
@@ -134,7 +139,92 @@ class HubClient:
                 "until": until,
                 "ip": ip,
                 "port": port,
-                "aggregate": str(aggregate).lower(),
+                "aggregate": str(aggregate).lower() if aggregate is not None else None,
+                "limit": limit,
+                "snapshot": snapshot,
+                "l4proto": l4proto,
+                "ns": ns,
+                "pod": pod,
+                "svc": svc,
+                "failing": str(failing).lower(),
+            },
+        )
+
+    def latency(
+        self,
+        since: Any = None,
+        until: Any = None,
+        kfl: str = "",
+        src: str | None = None,
+        dst: str | None = None,
+        protocol: str | None = None,
+        by_route: bool = True,
+        step: str | None = None,
+        limit: int = 20,
+        snapshot: str | None = None,
+    ) -> dict[str, Any]:
+        return self.request(
+            "GET",
+            "/api/latency",
+            {
+                "since": since,
+                "until": until,
+                "kfl": kfl,
+                "src": src,
+                "dst": dst,
+                "protocol": protocol,
+                "by_route": str(by_route).lower(),
+                "step": step,
+                "limit": limit,
+                "snapshot": snapshot,
+            },
+        )
+
+    def slow_edges(
+        self,
+        since: Any = None,
+        until: Any = None,
+        baseline_since: Any = None,
+        baseline_until: Any = None,
+        kfl: str = "",
+        limit: int = 10,
+        tail: int = 3,
+        snapshot: str | None = None,
+    ) -> dict[str, Any]:
+        return self.request(
+            "GET",
+            "/api/latency/changes",
+            {
+                "since": since,
+                "until": until,
+                "baseline_since": baseline_since,
+                "baseline_until": baseline_until,
+                "kfl": kfl,
+                "limit": limit,
+                "tail": tail,
+                "snapshot": snapshot,
+            },
+        )
+
+    def changes(
+        self,
+        since: Any = None,
+        until: Any = None,
+        baseline_since: Any = None,
+        baseline_until: Any = None,
+        kfl: str = "",
+        limit: int = 15,
+        snapshot: str | None = None,
+    ) -> dict[str, Any]:
+        return self.request(
+            "GET",
+            "/api/changes",
+            {
+                "since": since,
+                "until": until,
+                "baseline_since": baseline_since,
+                "baseline_until": baseline_until,
+                "kfl": kfl,
                 "limit": limit,
                 "snapshot": snapshot,
             },

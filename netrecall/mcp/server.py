@@ -36,7 +36,10 @@ Times (start/end) take RFC 3339 or relative ("-30m"); without them a query cover
 
 Root-cause workflow: get_data_boundaries -> create_snapshot (freeze the incident) -> summarize_errors
 -> list_api_calls with a narrowing KFL -> trace_call on an example_id -> dns_failures -> export_pcap for
-evidence. Secrets (Authorization, Cookie, password/token/secret/api_key values) are redacted."""
+evidence. No error codes, but slow or flaky? find_slow_edges (latency against a baseline) and
+list_l4_flows(aggregate="node", failing=true) (timeouts, refused, retransmissions). "It broke after a
+change"? compare_windows.
+Secrets (Authorization, Cookie, password/token/secret/api_key values) are redacted."""
 
 READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
@@ -185,13 +188,24 @@ def build_server(backend: Any) -> MCPServer:
 
     @tool(
         READ,
-        "L4 flows (TCP/UDP connections) with packets, bytes, resets, retransmissions and handshake "
-        "RTT. aggregate=true rolls them up per source/destination workload and port.",
+        "L4 flows (TCP/UDP connections) with TCP health: connection timeouts (SYN never answered), "
+        "refused connections (RST to SYN), mid-connection resets, retransmissions and their rate, zero "
+        "windows, handshake RTT (tcp_handshake_p50/p90/p99_us) and time to first byte, with the pods on "
+        "both ends. aggregate=workload|pod|namespace|node|service groups them (failing groups first); "
+        "failing=true keeps only flows with a failure, retransmissions or zero windows.",
     )
     def list_l4_flows(
-        aggregate: bool = False,
+        aggregate: Annotated[
+            str | bool | None,
+            Field(description="workload, pod, namespace, node or service (true: workload); none: per flow"),
+        ] = None,
         ip: Annotated[str | None, Field(description="Only flows with this IP.")] = None,
         port: Annotated[int | None, Field(ge=0, le=65535)] = None,
+        l4proto: Annotated[str | None, Field(description="tcp or udp.", pattern="^(tcp|udp)$")] = None,
+        ns: Annotated[str | None, Field(description="Only flows with an end in this namespace.")] = None,
+        pod: Annotated[str | None, Field(description="Only flows with an end on this pod.")] = None,
+        svc: Annotated[str | None, Field(description="Only flows with an end behind this service.")] = None,
+        failing: bool = False,
         start: Start = None,
         end: End = None,
         limit: Annotated[int, Field(ge=1, le=1000)] = 50,
@@ -199,7 +213,108 @@ def build_server(backend: Any) -> MCPServer:
     ) -> str:
         return compact(
             backend.flows(
-                since=start, until=end, ip=ip, port=port, aggregate=aggregate, limit=limit, snapshot=snapshot
+                since=start,
+                until=end,
+                ip=ip,
+                port=port,
+                aggregate=aggregate,
+                limit=limit,
+                snapshot=snapshot,
+                l4proto=l4proto,
+                ns=ns,
+                pod=pod,
+                svc=svc,
+                failing=failing,
+            )
+        )
+
+    @tool(
+        READ,
+        "Latency per workload edge (source -> destination workload, protocol, method, route template "
+        "such as /orders/{id}): calls, rate, p50/p90/p99, failures and unanswered requests, busiest "
+        "first; step='5m' adds a series per edge. Read from per-minute histograms: cheap over days.",
+    )
+    def get_latency(
+        kfl: Kfl = "",
+        src: Annotated[str | None, Field(description="Source 'ns/name', or 'ns/' for a namespace.")] = None,
+        dst: Annotated[str | None, Field(description="Destination 'ns/name', or 'ns/'.")] = None,
+        protocol: str | None = None,
+        by_route: Annotated[bool, Field(description="false: one row per edge, routes merged.")] = True,
+        step: Annotated[str | None, Field(description="Series bucket, e.g. 1m, 5m, 1h.")] = None,
+        start: Start = None,
+        end: End = None,
+        limit: Annotated[int, Field(ge=1, le=200)] = 20,
+        snapshot: Snapshot = None,
+    ) -> str:
+        return compact(
+            backend.latency(
+                since=start,
+                until=end,
+                kfl=kfl,
+                src=src,
+                dst=dst,
+                protocol=protocol,
+                by_route=by_route,
+                step=step,
+                limit=limit,
+                snapshot=snapshot,
+            )
+        )
+
+    @tool(
+        READ,
+        "Edges whose latency rose most against a baseline window (default: the window of the same length "
+        "just before), the cause first: an edge slowed by its destination's own slow call says "
+        "explained_by. Each edge has before/now percentiles, its slowest calls (tail) and a KFL filter.",
+    )
+    def find_slow_edges(
+        start: Start = None,
+        end: End = None,
+        baseline_start: Start = None,
+        baseline_end: End = None,
+        kfl: Kfl = "",
+        limit: Annotated[int, Field(ge=1, le=100)] = 10,
+        tail: Annotated[int, Field(ge=0, le=20)] = 3,
+        snapshot: Snapshot = None,
+    ) -> str:
+        return compact(
+            backend.slow_edges(
+                since=start,
+                until=end,
+                baseline_since=baseline_start,
+                baseline_until=baseline_end,
+                kfl=kfl,
+                limit=limit,
+                tail=tail,
+                snapshot=snapshot,
+            )
+        )
+
+    @tool(
+        READ,
+        "What changed between a window and a baseline (default: the window just before): new error "
+        "kinds, new TCP failures (timeouts, refused, resets), retransmission and latency rises, new and "
+        "vanished edges, new DNS names and TLS server names, rate shifts. Ranked with the likely cause "
+        "first; each change has an example_id and a KFL filter (or list_l4_flows call) to drill in.",
+    )
+    def compare_windows(
+        start: Start = None,
+        end: End = None,
+        baseline_start: Start = None,
+        baseline_end: End = None,
+        kfl: Kfl = "",
+        limit: Annotated[int, Field(ge=1, le=100)] = 15,
+        snapshot: Snapshot = None,
+    ) -> str:
+        return compact(
+            backend.changes(
+                since=start,
+                until=end,
+                baseline_since=baseline_start,
+                baseline_until=baseline_end,
+                kfl=kfl,
+                limit=limit,
+                snapshot=snapshot,
             )
         )
 
@@ -294,7 +409,8 @@ def build_server(backend: Any) -> MCPServer:
 
     @tool(
         READ,
-        "Errors grouped by kind (http_5xx, http_4xx, dns_error, grpc_error, tcp_reset, parse_error), "
+        "Errors grouped by kind (http_5xx, http_4xx, dns_error, grpc_error, timeout, refused, tcp_reset, "
+        "no_response, parse_error, ...), "
         "source workload, destination workload and code, with counts, first/last seen, a sample and "
         "an example_id to pass to trace_call. The fastest way into an incident.",
     )

@@ -29,16 +29,6 @@ def who(side: str) -> str:
     )
 
 
-def _flow_who(side: str) -> str:
-    return (
-        f"multiIf({side}_workload != '', "
-        f"concat({side}_namespace, '/', splitByChar('/', {side}_workload)[-1]), "
-        f"{side}_service != '', concat({side}_namespace, '/', {side}_service), "
-        f"{side}_pod != '', concat({side}_namespace, '/', {side}_pod), "
-        f"replaceRegexpOne(toString(ip_{side}), '^::ffff:', ''))"
-    )
-
-
 class Scope:
     """Which table to read (live or a snapshot's frozen copy), a time window and an optional KFL filter,
     rendered as a WHERE clause with bound parameters."""
@@ -138,7 +128,8 @@ def summarize_errors(store: Store, scope: Scope, limit: int = 20, include_4xx: b
     Kinds: http_5xx, http_4xx (kept separate: a 404 storm is rarely the outage), dns_error (rcode != 0),
     grpc_error (status != 0), redis_error (error reply), postgresql_error (ErrorResponse; grouped by
     SQLSTATE), kafka_error (error code), tls_alert (fatal handshake alert), parse_error (stream that could
-    not be dissected), tcp_reset (from flows).
+    not be dissected); from flows (netrecall.query.l4): timeout (SYN never answered), refused (RST to
+    SYN), tcp_reset (RST on an established connection); no_response (a request never answered).
     """
     limit = _limit(limit)
     kind_filter = "kind != ''" if include_4xx else "kind NOT IN ('', 'http_4xx')"
@@ -163,7 +154,9 @@ def summarize_errors(store: Store, scope: Scope, limit: int = 20, include_4xx: b
     """
     rows = store.dicts(sql, {**scope.params, "lim": limit})
     groups = [_error_group(r) for r in rows]
-    resets = _reset_groups(store, scope, limit)
+    from netrecall.query.l4 import failure_groups
+
+    resets = failure_groups(store, scope, limit)  # timeout, refused, tcp_reset (flows); no_response
     groups_total = (rows[0]["groups_total"] if rows else 0) + len(resets)
     errors_total = (int(rows[0]["errors_total"]) if rows else 0) + sum(g["count"] for g in resets)
     groups = sorted(groups + resets, key=lambda g: -g["count"])[:limit]
@@ -195,58 +188,6 @@ def _error_group(row: Mapping[str, Any]) -> dict[str, Any]:
     # SQLSTATE, Redis error prefix, Kafka error name; the text the server sent with it
     group.update({key: row[key] for key in ("error_code", "message") if row[key]})
     return group
-
-
-def _reset_groups(store: Store, scope: Scope, limit: int) -> list[dict[str, Any]]:
-    """TCP resets from the flows table, client first when the SYN was seen."""
-    flows = Scope("flows", snapshot=scope.params.get("scope_snapshot"), ts="first_ts")
-    where = flows.where[:]
-    params = dict(flows.params)
-    # Conditions on the per-flow aggregates go to HAVING: in WHERE, `first_ts` would name the aggregate
-    # alias below, not the column.
-    having = ["resets > 0"]
-    if "scope_since" in scope.params:
-        having.append("last_ts >= fromUnixTimestamp64Nano({f_since:Int64})")
-        params["f_since"] = scope.params["scope_since"]
-    if "scope_until" in scope.params:
-        having.append("first_ts < fromUnixTimestamp64Nano({f_until:Int64})")
-        params["f_until"] = scope.params["scope_until"]
-    sql = f"""
-        SELECT if(syn_from = 2, {_flow_who("b")}, {_flow_who("a")}) AS src,
-               if(syn_from = 2, {_flow_who("a")}, {_flow_who("b")}) AS dst,
-               if(syn_from = 2, port_a, port_b) AS port,
-               sum(resets) AS count, toUnixTimestamp64Nano(min(first_ts)) AS first_seen,
-               toUnixTimestamp64Nano(max(last_ts)) AS last_seen
-        FROM (SELECT flow_id, any(l4) AS l4, any(ip_a) AS ip_a, any(ip_b) AS ip_b, any(port_a) AS port_a,
-                     any(port_b) AS port_b, max(syn_from) AS syn_from, sum(resets) AS resets,
-                     min(first_ts) AS first_ts, max(last_ts) AS last_ts,
-                     anyLast(a_workload) AS a_workload, anyLast(a_namespace) AS a_namespace,
-                     anyLast(a_service) AS a_service, anyLast(a_pod) AS a_pod,
-                     anyLast(b_workload) AS b_workload, anyLast(b_namespace) AS b_namespace,
-                     anyLast(b_service) AS b_service, anyLast(b_pod) AS b_pod
-              FROM {flows.table} WHERE {" AND ".join(where) or "1"} GROUP BY flow_id
-              HAVING {" AND ".join(having)})
-        GROUP BY src, dst, port
-        ORDER BY count DESC
-        LIMIT {{lim:UInt32}}
-    """
-    rows = store.dicts(sql, {**params, "lim": limit})
-    return [
-        {
-            "kind": "tcp_reset",
-            "proto": "tcp",
-            "src": r["src"],
-            "dst": r["dst"],
-            "code": int(r["port"]),
-            "status_text": f"RST on port {r['port']}",
-            "count": int(r["count"]),
-            "first_seen": _ts(r["first_seen"]),
-            "last_seen": _ts(r["last_seen"]),
-            "example_id": "",
-            "sample": "",
-        }
-        for r in rows
-    ]
 
 
 def dns_failures(store: Store, scope: Scope, limit: int = 20) -> dict[str, Any]:
@@ -499,92 +440,3 @@ def _ip(value: Any) -> str:
     address = value if isinstance(value, IPv6Address) else ip_address(str(value))
     mapped = getattr(address, "ipv4_mapped", None)
     return str(mapped or address)
-
-
-def list_flows(
-    store: Store,
-    since_ns: int | None = None,
-    until_ns: int | None = None,
-    ip: str | None = None,
-    port: int | None = None,
-    aggregate: bool = False,
-    limit: int = 100,
-    snapshot: str | None = None,
-) -> dict[str, Any]:
-    """L4 flows (both directions merged over the window); `aggregate` rolls them up per workload pair."""
-    limit = _limit(limit)
-    scope = Scope("flows", snapshot=snapshot)
-    where = list(scope.where)
-    having: list[str] = []  # on the per-flow values (aliases of aggregates): see _reset_groups
-    params = dict(scope.params)
-    if since_ns is not None:
-        where.append("window_start >= toStartOfMinute(fromUnixTimestamp64Nano({since:Int64}))")
-        params["since"] = int(since_ns)
-    if until_ns is not None:
-        where.append("window_start < fromUnixTimestamp64Nano({until:Int64})")
-        params["until"] = int(until_ns)
-    if ip:
-        having.append("(ip_a = toIPv6({ip:String}) OR ip_b = toIPv6({ip:String}))")
-        params["ip"] = _check_ip(ip)
-    if port is not None:
-        if not 0 <= int(port) <= 65535:
-            raise NetrecallError(f"invalid port {port}: expected 0-65535")
-        having.append("(port_a = {port:UInt16} OR port_b = {port:UInt16})")
-        params["port"] = int(port)
-    merged = f"""
-        SELECT flow_id, any(l4) AS l4, any(ip_a) AS ip_a, any(port_a) AS port_a, any(ip_b) AS ip_b,
-               any(port_b) AS port_b, max(syn_from) AS syn_from, min(first_ts) AS first_ts,
-               max(last_ts) AS last_ts,
-               sum(packets_ab) AS packets_ab, sum(packets_ba) AS packets_ba, sum(bytes_ab) AS bytes_ab,
-               sum(bytes_ba) AS bytes_ba, sum(resets) AS resets,
-               sum(retransmissions) AS retransmissions,
-               if(min(synack_ts) IS NULL OR min(syn_ts) IS NULL, NULL,
-                  dateDiff('microsecond', min(syn_ts), min(synack_ts))) AS rtt_us,
-               anyLast(a_workload) AS a_workload, anyLast(a_namespace) AS a_namespace,
-               anyLast(a_service) AS a_service, anyLast(a_pod) AS a_pod,
-               anyLast(b_workload) AS b_workload, anyLast(b_namespace) AS b_namespace,
-               anyLast(b_service) AS b_service, anyLast(b_pod) AS b_pod
-        FROM {scope.table} WHERE {" AND ".join(where) or "1"} GROUP BY flow_id
-        HAVING {" AND ".join(having) or "1"}
-    """
-    client, server = (
-        f"if(syn_from = 2, {_flow_who('b')}, {_flow_who('a')})",
-        f"if(syn_from = 2, {_flow_who('a')}, {_flow_who('b')})",
-    )
-    if aggregate:
-        sql = f"""
-            SELECT {client} AS src, {server} AS dst, any(l4) AS l4,
-                   if(syn_from = 2, port_a, port_b) AS dst_port,
-                   count() AS flows, sum(packets_ab + packets_ba) AS packets,
-                   sum(bytes_ab + bytes_ba) AS bytes,
-                   sum(resets) AS resets, sum(retransmissions) AS retransmissions,
-                   toUnixTimestamp64Nano(min(first_ts)) AS first_seen,
-               toUnixTimestamp64Nano(max(last_ts)) AS last_seen, count() OVER () AS total
-            FROM ({merged}) GROUP BY src, dst, dst_port ORDER BY bytes DESC LIMIT {{lim:UInt32}}
-        """
-    else:
-        sql = f"""
-            SELECT {client} AS src, {server} AS dst, l4,
-                   replaceRegexpOne(toString(if(syn_from = 2, ip_b, ip_a)), '^::ffff:', '') AS src_ip,
-                   if(syn_from = 2, port_b, port_a) AS src_port,
-                   replaceRegexpOne(toString(if(syn_from = 2, ip_a, ip_b)), '^::ffff:', '') AS dst_ip,
-                   if(syn_from = 2, port_a, port_b) AS dst_port,
-                   packets_ab + packets_ba AS packets, bytes_ab + bytes_ba AS bytes, resets, retransmissions,
-                   rtt_us, toUnixTimestamp64Nano(first_ts) AS first_seen,
-               toUnixTimestamp64Nano(last_ts) AS last_seen, count() OVER () AS total
-            FROM ({merged}) ORDER BY first_seen LIMIT {{lim:UInt32}}
-        """
-    rows = store.dicts(sql, {**params, "lim": limit})
-    total = rows[0]["total"] if rows else 0
-    flows = []
-    for r in rows:
-        item = {k: v for k, v in r.items() if k != "total"}
-        item["first_seen"], item["last_seen"] = _ts(r["first_seen"]), _ts(r["last_seen"])
-        for key in ("packets", "bytes", "resets", "retransmissions", "flows"):
-            if key in item:
-                item[key] = int(item[key])
-        flows.append(item)
-    answer: dict[str, Any] = {"flows": flows, "total": total, "truncated": total > len(flows)}
-    if answer["truncated"]:
-        answer["hint"] = "filter by ip or port, a time window, or use aggregate=true"
-    return answer

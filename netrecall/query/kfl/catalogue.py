@@ -324,6 +324,33 @@ def _flows_fields() -> list[Field]:
             "toInt64(retransmissions)",
             "Data segments seen again within one insert batch (netrecall extension).",
         ),
+        Field("syns", INT, "toInt64(syns)", "SYNs without ACK: connection attempts, retries included."),
+        Field("zero_windows", INT, "toInt64(zero_windows)", "Packets advertising a zero receive window."),
+        Field(
+            "handshake_rtt",
+            INT,
+            "if(syn_ts IS NULL OR synack_ts IS NULL, 0, dateDiff('microsecond', syn_ts, synack_ts))",
+            "Microseconds from SYN to SYN-ACK (0 when either was not seen in this interval).",
+        ),
+        Field(
+            "ttfb",
+            INT,
+            "if(first_data_ab IS NULL OR first_data_ba IS NULL, 0, "
+            "abs(dateDiff('microsecond', first_data_ab, first_data_ba)))",
+            "Microseconds between the first payload each way (time to first byte) in this interval.",
+        ),
+        Field(
+            "conn_refused",
+            BOOL,
+            "l4 = 6 AND syn_from != 0 AND synack_ts IS NULL AND resets > 0",
+            "A RST came back instead of a SYN-ACK (the port is closed).",
+        ),
+        Field(
+            "conn_timeout",
+            BOOL,
+            "l4 = 6 AND syn_from != 0 AND synack_ts IS NULL AND resets = 0",
+            "SYNs without SYN-ACK or RST in this interval (list_l4_flows waits 1 s to call it a timeout).",
+        ),
     ]
     ends = {
         "ip": (_ip_text("ip_a"), _ip_text("ip_b"), STRING),
