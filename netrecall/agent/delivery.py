@@ -172,7 +172,12 @@ class Delivery:
             self._to_spool(batch)
 
     def _to_spool(self, batch: Batch) -> None:
-        dropped = self.spool.put(batch)
+        try:
+            dropped = self.spool.put(batch)
+        except NetrecallError as exc:  # the spool's disk is full (or gone): the batch is lost, and counted
+            log.error("%s: dropped a batch of %d rows", exc, batch.rows)
+            self._count("spool_dropped_packets", batch)
+            return
         self._count("spooled_packets", batch)
         for item, old in dropped:
             if old is None:

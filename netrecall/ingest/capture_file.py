@@ -622,6 +622,11 @@ def _scan_pcapng(buf: Buffer, pos: int, state: _PcapngState) -> _PcapngScan:
                     result.epb_flags[pos] = flags
             epb.append(pos)
         elif btype == 1:
+            if result.records:
+                # the packets read so far belong to the interfaces known before this one: a chunk resolves
+                # link types from the list as it ends, so it ends here (fuzz/capture)
+                result.new_section = True
+                break
             _read_idb(buf, pos, blen, order, state)
         elif btype in (2, 3):
             problem = _read_slow_packet(buf, pos, btype, blen, order, state, result)
@@ -656,7 +661,7 @@ def _options(buf: Buffer, pos: int, end: int, order: str) -> Iterator[tuple[int,
         code, length = head.unpack_from(buf, pos)
         if code == 0:
             return
-        value = bytes(buf[pos + 4 : pos + 4 + length])
+        value = bytes(buf[pos + 4 : min(pos + 4 + length, end)])  # never past the block (fuzz/capture)
         yield code, value
         pos += 4 + ((length + 3) & ~3)
 
@@ -681,9 +686,9 @@ def _read_idb(buf: Buffer, pos: int, blen: int, order: str, state: _PcapngState)
             elif resol <= 9:
                 iface.mul, iface.div = 10 ** (9 - resol), 1
             else:
-                iface.mul, iface.div = 1, 10 ** (resol - 9)
+                iface.mul, iface.div = 1, 10 ** min(resol - 9, 19)  # 10^19 still fits u64 (fuzz/capture)
         elif code == 14 and len(value) >= 8:  # if_tsoffset, seconds
-            iface.offset_ns = struct.unpack(order + "q", value[:8])[0] * 1_000_000_000
+            iface.offset_ns = _int64(struct.unpack(order + "q", value[:8])[0] * 1_000_000_000)
     state.interfaces.append(iface)
 
 
@@ -712,7 +717,13 @@ def _read_slow_packet(
 
 
 def _to_ns(ts: int, iface: _Interface) -> int:
-    return ts * iface.mul // iface.div + iface.offset_ns
+    return _int64(ts * iface.mul // iface.div + iface.offset_ns)
+
+
+def _int64(value: int) -> int:
+    """A time out of the ns column's range wraps as the vectorised path's int64 arithmetic does: an absurd
+    if_tsoffset or timestamp makes a wrong time, never a crash (fuzz/capture)."""
+    return ((value + (1 << 63)) & ((1 << 64) - 1)) - (1 << 63)
 
 
 def _pcapng_chunk(buf: Buffer, scan: _PcapngScan, state: _PcapngState, base: int) -> FrameChunk:

@@ -15,6 +15,7 @@ docs/import.md). The files are hashed in a background thread.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import queue
 import threading
@@ -389,10 +390,14 @@ class _Inserter:
                 self._flush()
         finally:
             self.pending = []
-            for _ in self.threads:
-                self.queue.put(None)
+            # One None ends a worker's stream, and a worker whose INSERT then failed (disk full at the
+            # end of a file) drains until another one: keep offering ends until every worker is gone, or
+            # the import waits for ever (found by tests/test_crash_diskfull.py).
             for thread in self.threads:
-                thread.join()
+                while thread.is_alive():
+                    with contextlib.suppress(queue.Full):
+                        self.queue.put(None, timeout=0.2)
+                    thread.join(timeout=0.2)
             for own in self.stores if self.streams else ():
                 own.client.close()
         if exc_type is None:

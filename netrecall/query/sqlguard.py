@@ -182,6 +182,10 @@ def check_readonly(sql: str) -> str:
             statements = [s for s in sqlglot.parse(text, read="clickhouse") if s is not None]
     except (ParseError, TokenError) as exc:  # TokenError: e.g. an unclosed $ quote ('$re')
         raise _refuse(f"a statement the guard cannot parse ({str(exc).splitlines()[0][:120]})") from None
+    except RecursionError:  # sqlglot's recursive descent on thousands of nested brackets (fuzz/sqlguard)
+        raise _refuse("a statement nested too deeply for the guard to parse") from None
+    except Exception as exc:  # sqlglot's own bugs on odd text (AttributeError on `{{{...`: fuzz/sqlguard)
+        raise _refuse(f"a statement the guard cannot parse ({type(exc).__name__})") from None
     if len(statements) != 1:
         raise _refuse("multiple statements")
     tree = statements[0]

@@ -58,6 +58,7 @@ MACROS = {"exists", "all", "exists_one", "filter", "map"}
 STRING_METHODS = {"contains", "startsWith", "endsWith", "matches", "lowerAscii", "upperAscii", "size"}
 GLOBAL_FUNCTIONS = {"size", "map_get", "timestamp", "duration", "now", "string", "int", "double", "matches"}
 _NOTHING = object()
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # times and durations are bound as Int64 nanoseconds
 _LEGACY_OPS = {"and": "&&", "or": "||", "not": "!"}
 
 
@@ -310,6 +311,8 @@ class Compiler:
                 value = parse_time_ns(arg.const) if name == "timestamp" else parse_duration_ns(arg.const)
             except NetrecallError as exc:
                 raise self.error(str(exc), node.args[0]) from None
+            if not _INT64_MIN <= value <= _INT64_MAX:  # bound as Int64 nanoseconds (fuzz/kfl)
+                raise self.error(f"{name}() is out of range: times lie between 1677 and 2262", node.args[0])
             return self.const(TIMESTAMP if name == "timestamp" else DURATION, value)
         if name == "map_get":
             self.arity(node, 3)
@@ -520,7 +523,11 @@ class Compiler:
                     DOUBLE, exp.Div(this=_paren_if_needed(left.expr), expression=_paren_if_needed(right.expr))
                 )
             cls = {"+": exp.Add, "-": exp.Sub, "*": exp.Mul}[op]
-            return Typed(kind, cls(this=_paren_if_needed(left.expr), expression=_paren_if_needed(right.expr)))
+            # `a - b - c` needs no brackets around `a - b`: without them the SQL of a long chain stays flat
+            # (with them, 50 terms nested past the recursion limit of sqlglot's parser: fuzz/kfl)
+            chained = (exp.Add, exp.Sub) if cls in (exp.Add, exp.Sub) else (exp.Mul,)
+            lhs = left.expr if isinstance(left.expr, chained) else _paren_if_needed(left.expr)
+            return Typed(kind, cls(this=lhs, expression=_paren_if_needed(right.expr)))
         if op == "+" and lt == rt == STRING:
             return Typed(STRING, _fn("concat", left.expr, right.expr))
         if op == "+" and lt.startswith("list<") and lt == rt:
@@ -539,6 +546,8 @@ class Compiler:
             self.params.pop(_param_name(_placeholder(left.expr)), None)
             self.params.pop(_param_name(_placeholder(right.expr)), None)
             value = left.const + right.const if op == "+" else left.const - right.const
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                raise self.error(f"the {result} is out of range: times lie between 1677 and 2262", node)
             return self.const(result, value)
         lhs = _fn("toUnixTimestamp64Nano", left.expr) if left.type == TIMESTAMP else left.expr
         rhs = _fn("toUnixTimestamp64Nano", right.expr) if right.type == TIMESTAMP else right.expr
