@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 APT_PKGS := tshark tcpdump python3-dpkt dnsmasq nginx-light iproute2 curl python3-bpfcc etcd-server golang-go rsync dpkg-dev openssl iperf3 bind9-dnsutils redis-server redis-tools postgresql chromium fonts-dejavu-core nftables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt testenv run test bench lint clean
+.PHONY: setup apt testenv run test bench lint clean fuzz crash soak
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,24 @@ test: setup apt testenv
 
 bench: setup apt testenv
 	$(PY) -m bench
+
+# Reliability (docs/reliability.md). `make fuzz`: every atheris target for FUZZ_RUNS executions (at most
+# FUZZ_SECONDS each); `make crash`: kill -9 of each command CRASH_RUNS times; `make soak`: agents on two
+# namespace nodes into a hub for SOAK_SECONDS with restarts, network cuts and retention.
+FUZZ_RUNS ?= 1000000
+FUZZ_SECONDS ?= 3600
+FUZZ_JOBS ?= 1
+CRASH_RUNS ?= 50
+SOAK_SECONDS ?= 600
+
+fuzz: setup apt
+	$(PY) -m tests.fuzz.run --runs $(FUZZ_RUNS) --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS)
+
+crash: setup apt
+	NETRECALL_CRASH_RUNS=$(CRASH_RUNS) $(PY) -m pytest -q -s tests/test_crash.py tests/test_crash_diskfull.py
+
+soak: setup apt testenv
+	NETRECALL_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s tests/test_soak.py
 
 lint: setup
 	$(VENV)/bin/ruff check netrecall tests bench

@@ -8,8 +8,9 @@ login form. Measured with the page's own User Timing marks:
    rows in the table (p50 over RUNS). Reference: the hub's REST `/api/calls?kfl&limit=50` for the same
    filter timed from Python (the CLI's and MCP's path), as a ratio. Target: p50 <= 500 ms.
 2. A deep page: the 20th "Load more" (keyset paging, never OFFSET) against the first page.
-3. The service map over the whole hour (10M calls) per grouping: submit to drawn. Reference: the bare
-   GROUP BY of the same ends through `/api/sql` (what the engine alone needs). Target: p50 <= 1 s.
+3. The service map over the whole hour (10M calls) per grouping: submit to drawn (the map reads the
+   per-minute edges, call_edges, kept by a view as the calls are inserted). Reference: the bare GROUP BY
+   of the same ends over the calls through `/api/sql` (what a scan alone needs). Target: p50 <= 1 s.
 4. Page weight: the bytes the browser transferred for the page and its files, compressed as the hub sends
    them (Resource Timing). Target: <= 500 KB.
 

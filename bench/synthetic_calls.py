@@ -47,12 +47,44 @@ def _array(values: list[str]) -> str:
     return "[" + ", ".join("'" + v.replace("'", "") + "'" for v in values) + "]"
 
 
+# The method each path is called with, in call-graph mode (a route has its method).
+PATH_METHODS = ["GET", "POST", "GET", "POST", "GET", "POST", "PUT", "GET", "GET", "GET"]
+CALLEES = 3  # destinations each workload calls, in call-graph mode
+ROUTES = 4  # paths each destination serves, in call-graph mode
+
+
 def insert_synthetic_calls(
-    store: Store, rows: int, start_ns: int, span_s: int = 86400, table: str = "api_calls", seed: int = 1
+    store: Store,
+    rows: int,
+    start_ns: int,
+    span_s: int = 86400,
+    table: str = "api_calls",
+    seed: int = 1,
+    call_graph: bool = False,
 ) -> None:
-    """Insert `rows` calls into `table` starting at `start_ns` (generated inside the engine: fast)."""
+    """Insert `rows` calls into `table` starting at `start_ns` (generated inside the engine: fast).
+
+    By default every call picks its destination, path, method and DNS name at random: every workload calls
+    every other with every route (the worst case for anything grouping by edge). With `call_graph` the
+    traffic has the shape of a cluster's: each of the 40 workloads calls CALLEES others, each destination
+    serves ROUTES paths with one method each, and DNS asks for the callees' names and a few external ones."""
     step = max(1, span_s * 1_000_000_000 // max(rows, 1))
     ns, svc, paths = _array(NAMESPACES), _array(SERVICES), _array(PATHS)
+    if call_graph:  # d: the callee of the caller h % 40; r: one of the callee's paths
+        d = f"((h % 40) * 7 + 1 + (h2 % {CALLEES}) * 13) % 40"
+        r = f"(d + intDiv(h2, {CALLEES}) % {ROUTES}) % 10"
+        method = f"{_array(PATH_METHODS)}[1 + ({r})]"
+        question = (
+            f"if(h % 3 = 0, concat('ext', toString(h % 40 % 5), '.example.com'), "
+            f"concat({svc}[1 + (d % 20)], '.', {ns}[1 + (d % 8)], '.svc.cluster.local'))"
+        )
+    else:
+        d, r = "h2", "h2 % 10"
+        method = "['GET', 'GET', 'GET', 'POST', 'PUT', 'DELETE'][1 + (h % 6)]"
+        question = (
+            "if(h % 3 = 0, concat('ext', toString(h % 500), '.example.com'), "
+            "concat(dst_service, '.', dst_namespace, '.svc.cluster.local'))"
+        )
     store.command(
         f"""
 INSERT INTO {table} (id, ts, elapsed_time, protocol, node_name, src_ip, src_port, dst_ip, dst_port,
@@ -74,15 +106,15 @@ SELECT
     map('app', src_service, 'tier', if(h % 3 = 0, 'web', 'api')) AS src_labels,
     if(protocol = 'dns', concat('coredns-', toString(h2 % 4)),
        concat(dst_service, '-', toString(h2 % 50))) AS dst_pod,
-    if(protocol = 'dns', 'kube-system', {ns}[1 + (h2 % 8)]) AS dst_namespace,
-    if(protocol = 'dns', 'kube-dns', {svc}[1 + (h2 % 20)]) AS dst_service,
+    if(protocol = 'dns', 'kube-system', {ns}[1 + (d % 8)]) AS dst_namespace,
+    if(protocol = 'dns', 'kube-dns', {svc}[1 + (d % 20)]) AS dst_service,
     concat('node-', toString(h2 % 8)) AS dst_node,
     map('app', dst_service, 'team', concat('team-', toString(h2 % 5))) AS dst_labels,
-    multiIf(protocol = 'http', ['GET', 'GET', 'GET', 'POST', 'PUT', 'DELETE'][1 + (h % 6)],
+    multiIf(protocol = 'http', {method},
             protocol = 'grpc', 'POST', protocol = 'redis', 'GET', '') AS method,
     if(protocol = 'http', concat(path, if(h % 4 = 0, concat('?id=', toString(h % 1000)), '')), '') AS url,
     multiIf(protocol = 'http',
-            concat({paths}[1 + (h2 % 10)], if(h % 5 = 0, concat('/', toString(h % 10000)), '')),
+            concat({paths}[1 + ({r})], if(h % 5 = 0, concat('/', toString(h % 10000)), '')),
             protocol = 'grpc', '/shop.Checkout/CreateOrder', '') AS path,
     if(protocol = 'http' AND h % 4 = 0, concat('id=', toString(h % 1000)), '') AS query_string,
     multiIf(protocol = 'http', multiIf(h % 100 < 85, 200, h % 100 < 90, 201, h % 100 < 95, 404,
@@ -94,17 +126,16 @@ SELECT
     if(protocol = 'http', map('content-type', 'application/json'), map()) AS response_headers,
     if(method IN ('POST', 'PUT'), h % 2000, 0) AS request_body_size,
     if(protocol = 'http', (h2 % 100000), 0) AS response_body_size,
-    if(protocol = 'dns', [if(h % 3 = 0, concat('ext', toString(h % 500), '.example.com'),
-                              concat(dst_service, '.', dst_namespace, '.svc.cluster.local'))],
-       []) AS dns_questions,
+    if(protocol = 'dns', [{question}], []) AS dns_questions,
     if(protocol = 'dns', [if(h % 4 = 0, 'AAAA', 'A')], []) AS dns_question_types,
     if(protocol = 'dns' AND status_code = 0, ['10.0.0.1'], []) AS dns_answers,
     protocol = 'dns' AS dns_request, protocol = 'dns' AS dns_response,
     if(protocol = 'grpc', '/shop.Checkout/CreateOrder', '') AS grpc_method,
     if(protocol = 'grpc', status_code, 0) AS grpc_status,
     1 AS has_response, cityHash64(number, 7) AS flow_id, ts AS first_packet_ts, ts AS last_packet_ts
-FROM (SELECT number, cityHash64(number, {seed} + 1) AS h, cityHash64(number, {seed} + 2) AS h2
-      FROM numbers({int(rows)}))
+FROM (SELECT number, h, h2, {d} AS d FROM (
+      SELECT number, cityHash64(number, {seed} + 1) AS h, cityHash64(number, {seed} + 2) AS h2
+      FROM numbers({int(rows)})))
 """,
         settings={"max_insert_threads": 2},
     )

@@ -216,3 +216,76 @@ def test_agent_writes_health_rows_matching_its_counters(datasets) -> None:
     assert 0 < rows["inserted"] <= sum(counters["inserted_packets"].values())
     stored = store.scalar("SELECT count() FROM packets WHERE node = {n:String}", {"n": AGENT_NODE})
     assert rows["batches"] >= 1 and stored == sum(counters["inserted_packets"].values())
+
+
+@pytest.mark.parametrize("dataset", ["demo", "recorded"])
+def test_hourly_sums_answer_as_the_minutes_do(datasets, dataset: str) -> None:
+    """The latency and error-pair panels read whole hours from call_latency_hourly and the minutes of the
+    hours the range cuts from call_latency: over a range of whole hours (the hourly part) and over the
+    dataset's own range (minutes only) they answer exactly as the same panels over the minutes alone."""
+    store, ranges, _ = datasets
+    builder = _builder()
+    start, end = ranges[dataset]
+    hours = (start // 3600 * 3600 - 3600, (end // 3600 + 2) * 3600 - 1)
+    for span in (hours, ranges[dataset]):
+        ctx = QueryContext(*span, interval_s=60, variables={"namespace": [ALL], "node": [ALL]})
+        whole = store.scalar(expand(f"SELECT count() FROM {builder.HIST_SOURCE} WHERE kind = ''", ctx))
+        hourly = store.scalar(
+            expand(
+                f"SELECT count() FROM call_latency_hourly WHERE {builder.WHOLE_HOUR.format(hour='hour')}", ctx
+            )
+        )
+        assert whole > 0 and (hourly > 0) == (span == hours)
+        for build in (builder.latency_table_sql, builder.error_pairs_sql):
+            fast = store.rows(expand(build(builder.HIST_SOURCE), ctx))
+            assert fast and fast == store.rows(expand(build(builder.HIST_MINUTES), ctx)), build.__name__
+
+
+@pytest.mark.parametrize("title", ["p99 latency per destination over time", "Calls per second by protocol"])
+def test_per_destination_minutes_answer_as_the_minutes_per_edge_do(datasets, title: str) -> None:
+    """The time series read call_latency_dst (the minutes per destination and calling namespace, kept by
+    a view on call_latency): the same panel over call_latency itself gives the same points."""
+    store, ranges, _ = datasets
+    sql = next(p for _, p in PANELS if p["title"] == title)["targets"][0]["rawSql"]
+    assert "FROM call_latency_dst" in sql
+    edges = "(SELECT *, splitByChar('/', src)[1] AS src_namespace FROM call_latency)"
+    by_edge = sql.replace("FROM call_latency_dst", f"FROM {edges}")
+    for dataset in ("demo", "recorded"):
+        for namespace in ([ALL], ["shop"]):
+            ctx = _context(ranges, dataset, {"namespace": namespace, "node": [ALL]})
+            fast = sorted(store.rows(expand(sql, ctx)))  # points of one time in any order
+            assert fast and fast == sorted(store.rows(expand(by_edge, ctx))), (dataset, namespace)
+
+
+# The traffic panels as written per flow row (before they summed per pair first): the reference.
+PER_ROW = {
+    "Bytes by namespace (either end)": """
+SELECT $__timeInterval(window_start) AS time, arrayJoin(arrayDistinct([a_namespace, b_namespace])) AS ns,
+       sum(bytes_ab + bytes_ba) FROM flows WHERE $__timeFilter(window_start)
+GROUP BY time, ns HAVING ns != '' AND $__conditionalAll(ns IN (${namespace:singlequote}), $namespace)""",
+    "Traffic by workload pair": """
+SELECT if(a_workload != '', a_workload, replaceRegexpOne(toString(ip_a), '^::ffff:', '')) AS end_a,
+       if(b_workload != '', b_workload, replaceRegexpOne(toString(ip_b), '^::ffff:', '')) AS end_b,
+       sum(bytes_ab + bytes_ba), sum(packets_ab + packets_ba), uniqExact(flow_id) FROM flows
+WHERE $__timeFilter(window_start) GROUP BY end_a, end_b""",
+    "TCP resets and retransmissions by workload pair": """
+SELECT if(a_workload != '', a_workload, replaceRegexpOne(toString(ip_a), '^::ffff:', '')) AS end_a,
+       if(b_workload != '', b_workload, replaceRegexpOne(toString(ip_b), '^::ffff:', '')) AS end_b,
+       sum(resets), sum(retransmissions) FROM flows WHERE $__timeFilter(window_start) AND l4 = 6
+GROUP BY end_a, end_b""",
+}
+PICK = {  # the panel's columns that the reference has, in its order
+    "Bytes by namespace (either end)": (0, 1, 2),
+    "Traffic by workload pair": (0, 1, 4, 5, 6),
+    "TCP resets and retransmissions by workload pair": (0, 1, 2, 3),
+}
+
+
+@pytest.mark.parametrize("title", sorted(PER_ROW))
+def test_traffic_panels_sum_per_pair_as_per_flow_row(datasets, title: str) -> None:
+    store, ranges, _ = datasets
+    sql = next(p for _, p in PANELS if p["title"] == title)["targets"][0]["rawSql"]
+    for dataset in ("demo", "recorded"):
+        ctx = _context(ranges, dataset)
+        fast = sorted(tuple(row[i] for i in PICK[title]) for row in store.rows(expand(sql, ctx)))
+        assert fast and fast == sorted(store.rows(expand(PER_ROW[title], ctx))), (title, dataset)

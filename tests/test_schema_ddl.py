@@ -73,7 +73,17 @@ def test_cluster_ddl_is_the_same_tables_replicated_and_distributed():
     assert set(distributed) == {t.name for t in TABLES}
     for name in ("packets", "flows", "api_calls"):  # a flow's packets, flow rows and calls share a shard
         assert distributed[name].rstrip().endswith(f"{name}{LOCAL_SUFFIX}, flow_id)")
-    assert not [s for s in statements if "VIEW" in s]  # writers send flows; no view runs per shard
+    # writers send flows; the views are the latency histograms' (minutes from the calls, hours and
+    # destinations from the minutes) and the map's edges, each on the shard's local tables
+    views = [s for s in statements if "VIEW" in s]
+    assert [v.split("\n")[0].split(" ON CLUSTER prod TO ") for v in views] == [
+        ["CREATE MATERIALIZED VIEW IF NOT EXISTS call_latency_mv", "call_latency_local"],
+        ["CREATE MATERIALIZED VIEW IF NOT EXISTS call_latency_hourly_mv", "call_latency_hourly_local"],
+        ["CREATE MATERIALIZED VIEW IF NOT EXISTS call_latency_dst_mv", "call_latency_dst_local"],
+        ["CREATE MATERIALIZED VIEW IF NOT EXISTS call_edges_mv", "call_edges_local"],
+    ]
+    assert ["FROM call_latency_local" in view for view in views] == [False, True, True, False]
+    assert ["FROM api_calls_local" in view for view in views] == [True, False, False, True]
 
 
 def test_schema_print_cluster_command_output_parses(capsys):

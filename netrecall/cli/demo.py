@@ -26,8 +26,23 @@ from netrecall.timeutil import format_time_ns
 def demo_command(
     store_url: StoreOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary line")] = False,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Then run the hub and its web page on the demo (until Ctrl-C)")
+    ] = False,
+    host: Annotated[str, typer.Option("--host", help="With --serve: address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="With --serve: port to listen on")] = 8080,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token", envvar="NETRECALL_TOKEN", help="With --serve: bearer token [env NETRECALL_TOKEN]"
+        ),
+    ] = None,
 ) -> None:
     """Load the demo incident (a shop failing on DNS, captured from real traffic) into the store."""
+    if serve:  # an exposed hub without a token is refused before anything is imported
+        from netrecall.hub.auth import check_bind, resolve_token
+
+        check_bind(host, resolve_token(token, None))
     from netrecall.agent.identity import IdentityResolver
     from netrecall.demo import DEMO_INVENTORY, DEMO_NODE, DEMO_PCAP
     from netrecall.dissect.runner import dissect
@@ -61,6 +76,21 @@ def demo_command(
         store.close()
     if not quiet:
         typer.echo(_next_steps(store_url, first, last))
+    if serve:
+        _serve(store_url, host, port, token)
+
+
+def _serve(store_url: str | None, host: str, port: int, token: str | None) -> None:
+    """The hub on the demo's store, with the page's URL said first (the hub owns the store from here)."""
+    from netrecall.cli.serve import serve
+
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(
+        f"\nThe web page (traffic, call detail, service map, errors): http://{shown}:{port}/"
+        + ("  (sign in with the hub's token)" if token else "")
+        + "\nThe hub runs until Ctrl-C."
+    )
+    serve(host=host, port=port, token=token, store_url=store_url, log_level="warning")
 
 
 def _calls_line(calls: dict[str, int]) -> str:

@@ -53,6 +53,9 @@ def export_pcap_command(
     ] = None,
     proto: Annotated[str | None, typer.Option("--proto", help="tcp, udp or icmp (ICMP and ICMPv6)")] = None,
     snapshot: Annotated[str | None, typer.Option("--snapshot", help="Export from a snapshot")] = None,
+    partial: Annotated[
+        bool, typer.Option("--partial", help="Accept a window whose start retention already dropped")
+    ] = False,
     file_format: Annotated[
         str,
         typer.Option(
@@ -95,6 +98,7 @@ def export_pcap_command(
         proto=proto,
         kfl=kfl,
         snapshot=snapshot,
+        partial=partial,
     )
     if url:  # the hub writes the file (and its own manifest); it streams here, checked, with a manifest
         from netrecall.query.export import export_through_hub

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -48,6 +49,7 @@ def create_command(
         created = hub_client(url, token).create_snapshot(
             name, last=last, since=since, until=until, nodes=node, note=note, partial=partial
         )
+        _say_notes(created.pop("notes", []))
         emit([created], fmt)
         return
     since_ns, until_ns = resolve_window(last, since, until)
@@ -56,6 +58,7 @@ def create_command(
         info = create_snapshot(store, name, since_ns, until_ns, node or [], allow_partial=partial, note=note)
     finally:
         store.close()
+    _say_notes(info.notes)
     emit(
         [
             {
@@ -71,6 +74,12 @@ def create_command(
         ],
         fmt,
     )
+
+
+def _say_notes(notes: list[str]) -> None:
+    """How the window was fitted to the data (clamped, or partial), on stderr beside the result."""
+    for text in notes:
+        print(f"netrecall: note: {text}", file=sys.stderr)
 
 
 @snapshot_app.command("list")

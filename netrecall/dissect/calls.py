@@ -57,6 +57,12 @@ class Context:
         ):
             return
         call.pop("has_request", None)
+        first, last = call.get("first_packet_ts"), call.get("last_packet_ts")
+        if first is not None and last is not None and first > last:
+            # bytes reassembled out of capture order (a response captured before the request it was
+            # paired with, a message's head retransmitted after its tail): the call's packets still lie
+            # between the two times, and readers take them as a range (fuzz/http1)
+            call["first_packet_ts"], call["last_packet_ts"] = last, first
         self.calls.append(call)
         if self.on_full is not None and len(self.calls) >= self.flush_every:
             self.on_full()
@@ -68,5 +74,17 @@ def call_id(protocol: str, flow_id: int, port: int, seq: int, ts_ns: int) -> str
     (protocol, flow, sending port, TCP sequence number or DNS id, time of the first packet) is the same
     every time the same packets are dissected, so re-dissection overwrites rather than duplicates.
     """
-    key = f"{protocol}|{flow_id}|{port}|{seq}|{ts_ns}".encode()
-    return hashlib.blake2b(key, digest_size=10).hexdigest()
+    return call_id_in(id_prefix(protocol, flow_id, port), seq, ts_ns)
+
+
+def id_prefix(protocol: str, flow_id: int, port: int) -> str:
+    """The part of a call id's key fixed for one sender of one connection (a session computes it once)."""
+    return f"{protocol}|{flow_id}|{port}|"
+
+
+def call_id_in(prefix: str, seq: int, ts_ns: int) -> str:
+    """call_id() from an id_prefix(): the same id, without formatting the fixed part per call."""
+    return _blake2b(f"{prefix}{seq}|{ts_ns}".encode(), digest_size=10).hexdigest()
+
+
+_blake2b = hashlib.blake2b

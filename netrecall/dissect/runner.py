@@ -14,12 +14,14 @@ import contextlib
 import ctypes
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from netrecall.dissect.calls import Context, DissectConfig
-from netrecall.dissect.engine import Engine
-from netrecall.dissect.source import PacketSource
-from netrecall.dissect.writer import dedupe, enrich, write_calls
+from netrecall.dissect.engine import Engine, PacketChunk
+from netrecall.dissect.source import PacketSource, Slice
+from netrecall.dissect.writer import BatchWriter, calls_to_arrow, dedupe, enrich
 from netrecall.errors import NetrecallError
 from netrecall.store import Store
 
@@ -123,6 +125,7 @@ def dissect(
     # Calls get the time of their first packet, inside [since, until): when no call is stored there yet,
     # nothing this run writes can be a duplicate and the per-batch lookups are skipped.
     stored_before = source.calls_stored(store, since_ns, until_ns)
+    writer = BatchWriter(store, source.calls_table)
 
     def flush() -> None:
         calls = ctx.calls
@@ -135,13 +138,14 @@ def dissect(
             lo = min(lo, min(c["ts"] for c in calls))
             lookup = source.endpoints(store, lo, hi)
         enrich(calls, lookup, only_node)
-        fresh = (
-            dedupe(store, source.calls_table, calls, source.calls_where, source.params)
-            if stored_before
-            else calls
-        )
+        if stored_before:
+            writer.flush()  # the lookup must see every row written before it
+            fresh = dedupe(store, source.calls_table, calls, source.calls_where, source.params)
+        else:
+            fresh = calls
         summary.duplicates_skipped += len(calls) - len(fresh)
-        write_calls(store, source.calls_table, fresh, source.extra_columns)
+        if fresh:
+            writer.add(calls_to_arrow(fresh, source.extra_columns))
         for call in fresh:
             per_protocol[call["protocol"]] += 1
             summary.partial += bool(call.get("partial"))
@@ -149,10 +153,12 @@ def dissect(
 
     ctx.on_full = flush
     bar = _progress(progress, sum(piece.packets for piece in slices))
+    # The next slice is read (the engine's query runs outside the GIL) while this one is parsed, and calls
+    # are inserted by the writer's thread: the second core takes the engine's share of the work.
+    reader = ThreadPoolExecutor(1, thread_name_prefix="netrecall-read")
     try:
-        for piece in slices:
+        for piece, chunk in _read_ahead(reader, source, store, slices):
             current[:] = piece.since_ns, piece.until_ns
-            chunk = source.read(store, piece)
             engine.process(chunk, piece.safe_ns)
             summary.packets += len(chunk)
             summary.chunks += 1
@@ -165,7 +171,10 @@ def dissect(
         current[:] = since_ns, until_ns
         engine.finish()
         flush()
+        writer.flush()
     finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        writer.close()
         if bar is not None:
             bar.stop()
 
@@ -182,6 +191,19 @@ def dissect(
     summary.error_samples = dict(ctx.error_samples)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _read_ahead(
+    reader: ThreadPoolExecutor, source: PacketSource, store: Store, slices: list[Slice]
+) -> Iterator[tuple[Slice, PacketChunk]]:
+    """The slices' packets in order, each next one already being read while the caller parses this one."""
+    upcoming = reader.submit(source.read, store, slices[0]) if slices else None
+    for index, piece in enumerate(slices):
+        assert upcoming is not None
+        chunk = upcoming.result()
+        upcoming = reader.submit(source.read, store, slices[index + 1]) if index + 1 < len(slices) else None
+        yield piece, chunk
+        del chunk
 
 
 def _release_memory() -> None:

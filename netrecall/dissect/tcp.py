@@ -82,6 +82,20 @@ class HalfStream:
             self.syn = True
 
     def add(self, seq: int, data: bytes, ts: int) -> None:
+        if seq == self.next_seq:  # the next expected bytes: the common case, _append inlined
+            if not self.first_ts:
+                self.first_ts = ts
+            self.last_ts = ts
+            self.seg_off.append(self.off)
+            self.seg_ts.append(ts)
+            self.buf += data
+            n = len(data)
+            self.off += n
+            self.total += n
+            self.next_seq = (seq + n) & MASK
+            if self.ooo:
+                self._drain()
+            return
         if self.next_seq is None:  # no SYN seen: the capture started mid-connection
             self.seq0 = self.next_seq = seq
             self.mid_start = True

@@ -25,6 +25,8 @@ from netrecall.hub.ingest import ARROW_STREAM, RecentTokens, ingest
 from netrecall.hub.metrics import Metrics, MetricsMiddleware
 from netrecall.hub.openapi import openapi_document
 from netrecall.hub.service import Service
+from netrecall.hub.ui.live import LiveFeed
+from netrecall.hub.ui.routes import ui_routes
 
 MAX_BODY = 1 << 20  # JSON requests: filters and SQL, never data
 MAX_INGEST_BODY = 256 << 20  # one agent batch
@@ -110,12 +112,22 @@ def _int(body: dict[str, Any], name: str, default: int) -> int:
     return value
 
 
+FLOW_AGGREGATES = ("workload", "pod", "namespace", "node", "service", "true", "false")
+
+
+def _aggregate(value: str | None) -> str | None:
+    if value is not None and value.lower() not in FLOW_AGGREGATES:
+        raise bad_request(f"aggregate must be one of {', '.join(FLOW_AGGREGATES)}")
+    return value
+
+
 def build_app(
     service: Service, token: str | None = None, host: str = "127.0.0.1", mcp: bool = True
 ) -> Starlette:
     """The whole hub as one ASGI app (uvicorn serves it; tests drive it in-process)."""
     metrics = Metrics()
     recent = RecentTokens()
+    feed = LiveFeed(service)  # the web page's live mode (netrecall/hub/ui)
 
     async def call(fn: Callable[..., Any], /, **kwargs: Any) -> Any:
         return await run_in_threadpool(fn, **kwargs)
@@ -217,8 +229,62 @@ def build_app(
                 until=p.str("until"),
                 ip=p.str("ip"),
                 port=p.int("port"),
-                aggregate=p.bool("aggregate"),
+                aggregate=_aggregate(p.str("aggregate")),
                 limit=p.int("limit", 100),
+                snapshot=p.str("snapshot"),
+                l4proto=p.str("l4proto"),
+                ns=p.str("ns"),
+                pod=p.str("pod"),
+                svc=p.str("svc"),
+                failing=p.bool("failing"),
+            )
+        )
+
+    async def latency(request: Request) -> Response:
+        p = Params(request)
+        return JSONResponse(
+            await call(
+                service.latency,
+                since=p.str("since"),
+                until=p.str("until"),
+                kfl=p.str("kfl", ""),
+                src=p.str("src"),
+                dst=p.str("dst"),
+                protocol=p.str("protocol"),
+                by_route=p.bool("by_route", True),
+                step=p.str("step"),
+                limit=p.int("limit", 20),
+                snapshot=p.str("snapshot"),
+            )
+        )
+
+    async def slow_edges(request: Request) -> Response:
+        p = Params(request)
+        return JSONResponse(
+            await call(
+                service.slow_edges,
+                since=p.str("since"),
+                until=p.str("until"),
+                baseline_since=p.str("baseline_since"),
+                baseline_until=p.str("baseline_until"),
+                kfl=p.str("kfl", ""),
+                limit=p.int("limit", 10),
+                tail=p.int("tail", 3),
+                snapshot=p.str("snapshot"),
+            )
+        )
+
+    async def changes(request: Request) -> Response:
+        p = Params(request)
+        return JSONResponse(
+            await call(
+                service.changes,
+                since=p.str("since"),
+                until=p.str("until"),
+                baseline_since=p.str("baseline_since"),
+                baseline_until=p.str("baseline_until"),
+                kfl=p.str("kfl", ""),
+                limit=p.int("limit", 15),
                 snapshot=p.str("snapshot"),
             )
         )
@@ -300,6 +366,7 @@ def build_app(
             snapshot=_str(body, "snapshot"),
         )
         metrics.add("netrecall_hub_dissect_jobs_total")
+        feed.job_started(job["job"])
         return JSONResponse(job, status_code=202)
 
     async def dissect_job(request: Request) -> Response:
@@ -323,6 +390,7 @@ def build_app(
             snapshot=_str(body, "snapshot"),
             fmt=fmt,
             created_by="hub",
+            partial=body.get("partial") is True,
         )
         metrics.add("netrecall_hub_exports_total")
         if body.get("download", True) is False:
@@ -359,6 +427,8 @@ def build_app(
         metrics.add("netrecall_hub_ingest_bytes_total", len(body))
         if answer["duplicate"]:
             metrics.add("netrecall_hub_ingest_duplicates_total")
+        elif table == "packets":
+            feed.packets_arrived()
         return JSONResponse(answer)
 
     routes = [
@@ -373,6 +443,9 @@ def build_app(
         Route("/api/workloads", workloads),
         Route("/api/ips", ips),
         Route("/api/flows", flows),
+        Route("/api/latency", latency),
+        Route("/api/latency/changes", slow_edges),
+        Route("/api/changes", changes),
         Route("/api/stats", stats),
         Route("/api/errors", errors_route),
         Route("/api/dns/failures", dns_failures),
@@ -383,6 +456,7 @@ def build_app(
         Route("/api/export/pcap", export_pcap, methods=["POST"]),
         Route("/api/exports/{name}", export_download),
         Route("/api/ingest", ingest_route, methods=["POST"]),
+        *ui_routes(service, feed),
     ]
     lifespan = None
     if mcp:

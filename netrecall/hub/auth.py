@@ -14,8 +14,12 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from netrecall.errors import NetrecallError
+from netrecall.hub.ui import OPEN_PATHS as PAGE_PATHS
+from netrecall.hub.ui import OPEN_PREFIXES as PAGE_PREFIXES
 
-OPEN_PATHS = frozenset({"/healthz"})
+# The web page's own files are open too: they hold no data, and a browser cannot send a bearer header
+# when it navigates; the page then sends the token itself on every /api request (docs/ui.md).
+OPEN_PATHS = frozenset({"/healthz"}) | PAGE_PATHS
 
 
 def is_loopback(host: str) -> bool:
@@ -67,7 +71,9 @@ class BearerAuth:
         self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.token is None or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        is_open = path in OPEN_PATHS or path.startswith(PAGE_PREFIXES)
+        if scope["type"] != "http" or self.token is None or is_open:
             await self.app(scope, receive, send)
             return
         header = None

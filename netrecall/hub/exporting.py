@@ -26,6 +26,7 @@ def export_to_dir(
     snapshot: str | None = None,
     fmt: str = "pcap",
     created_by: str = "hub",
+    partial: bool = False,
 ) -> dict[str, Any]:
     """Write the selected packets to `exports_dir/netrecall-<time>-<id>.<fmt>`; answer where and what."""
     from netrecall.query.export import export_pcap
@@ -46,6 +47,7 @@ def export_to_dir(
         snapshot=snapshot or None,
         since=format_time_ns(since_ns) if since_ns is not None else None,
         until=format_time_ns(until_ns) if until_ns is not None else None,
+        partial=partial,
     )
     result = export_pcap(store, exports_dir / name, filters, fmt=fmt)
     return {

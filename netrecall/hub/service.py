@@ -264,20 +264,125 @@ class Service:
         until: Any = None,
         ip: str | None = None,
         port: int | None = None,
-        aggregate: bool = False,
+        aggregate: bool | str | None = False,
         limit: int = 100,
         snapshot: str | None = None,
+        l4proto: str | None = None,
+        ns: str | None = None,
+        pod: str | None = None,
+        svc: str | None = None,
+        failing: bool = False,
     ) -> dict[str, Any]:
+        """L4 flows with their TCP health; aggregate by workload (true), pod, namespace, node or service."""
+        from netrecall.query.l4 import l4_flows
+
         return jsonable(
-            rca.list_flows(
+            l4_flows(
                 self.store,
                 time_ns(since),
                 time_ns(until),
                 ip=ip or None,
                 port=port,
-                aggregate=aggregate,
+                aggregate=flow_aggregate(aggregate),
+                l4proto=l4proto or None,
+                ns=ns or None,
+                pod=pod or None,
+                svc=svc or None,
+                failing=bool(failing),
                 limit=limit,
                 snapshot=snapshot or None,
+            )
+        )
+
+    # --- latency and change ----------------------------------------------------------------------
+    def latency(
+        self,
+        since: Any = None,
+        until: Any = None,
+        kfl: str = "",
+        src: str | None = None,
+        dst: str | None = None,
+        protocol: str | None = None,
+        by_route: bool = True,
+        step: str | None = None,
+        limit: int = 20,
+        snapshot: str | None = None,
+    ) -> dict[str, Any]:
+        """p50/p90/p99, rate and failures per workload edge (netrecall.query.latency)."""
+        from netrecall.query.latency import edge_latency
+
+        return jsonable(
+            edge_latency(
+                self.store,
+                time_ns(since),
+                time_ns(until),
+                snapshot=snapshot or None,
+                kfl=kfl or "",
+                src=src or None,
+                dst=dst or None,
+                protocol=protocol or None,
+                by_route=by_route,
+                step=step or None,
+                limit=limit,
+            )
+        )
+
+    def slow_edges(
+        self,
+        since: Any = None,
+        until: Any = None,
+        baseline_since: Any = None,
+        baseline_until: Any = None,
+        kfl: str = "",
+        limit: int = 10,
+        tail: int = 3,
+        snapshot: str | None = None,
+    ) -> dict[str, Any]:
+        """The edges whose latency rose most against a baseline, with the calls of their tail."""
+        from netrecall.query.latency import latency_changes
+
+        answer = latency_changes(
+            self.store,
+            time_ns(since),
+            time_ns(until),
+            time_ns(baseline_since),
+            time_ns(baseline_until),
+            snapshot=snapshot or None,
+            kfl=kfl or "",
+            limit=limit,
+            tail=_bounded(tail, 20, "tail", minimum=0),
+        )
+        if self.redact:
+            from netrecall.query.redact import redact_url
+
+            for edge in answer["edges"]:
+                for call in edge.get("tail", []):
+                    call["path"] = redact_url(call["path"])
+        return jsonable(answer)
+
+    def changes(
+        self,
+        since: Any = None,
+        until: Any = None,
+        baseline_since: Any = None,
+        baseline_until: Any = None,
+        kfl: str = "",
+        limit: int = 15,
+        snapshot: str | None = None,
+    ) -> dict[str, Any]:
+        """What changed between the window and its baseline, ranked (netrecall.query.changes)."""
+        from netrecall.query.changes import compare_windows
+
+        return jsonable(
+            compare_windows(
+                self.store,
+                time_ns(since),
+                time_ns(until),
+                time_ns(baseline_since),
+                time_ns(baseline_until),
+                snapshot=snapshot or None,
+                kfl=kfl or "",
+                limit=limit,
             )
         )
 
@@ -417,6 +522,7 @@ class Service:
         snapshot: str | None = None,
         fmt: str = "pcap",
         created_by: str = "hub",
+        partial: bool = False,
     ) -> dict[str, Any]:
         """Write a PCAP under the exports directory; the name is ours, never the caller's."""
         from netrecall.hub.exporting import export_to_dir
@@ -436,6 +542,7 @@ class Service:
                 snapshot=snapshot or None,
                 fmt=fmt,
                 created_by=created_by,
+                partial=partial,
             )
         )
 
@@ -447,6 +554,21 @@ class Service:
         if path.parent != self.exports_dir.resolve() or not path.is_file():
             raise NetrecallError(f"no export named {name!r}")
         return path
+
+
+def flow_aggregate(value: bool | str | None) -> str | None:
+    """Kubeshark's aggregate (pod, namespace, node, service), netrecall's workload, or a boolean: true is
+    per workload pair (the earlier form of the parameter), false none."""
+    if value is None or value is False or value == "":
+        return None
+    if value is True:
+        return "workload"
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return "workload"
+    if text in ("false", "0", "no", "none"):
+        return None
+    return text
 
 
 def _text(value: Any) -> str | None:

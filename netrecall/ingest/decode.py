@@ -73,6 +73,7 @@ PACKET_ARROW_SCHEMA = pa.schema(
         ("tcp_flags", pa.uint16()),
         ("tcp_seq", pa.uint32()),
         ("tcp_ack", pa.uint32()),
+        ("tcp_window", pa.uint16()),
         ("payload_offset", pa.uint16()),
         ("payload_len", pa.uint32()),
         ("data", pa.binary()),
@@ -99,8 +100,10 @@ class _Frames:
         padded = np.ascontiguousarray(chunk.data, dtype=np.uint8)
         if len(padded) < PAD:
             padded = np.concatenate([padded, np.zeros(PAD, dtype=np.uint8)])
-        # Reads past a frame's end are masked out by has(); clamping keeps them inside the buffer.
-        self.limit = len(padded) - 16
+        # Reads past a frame's end are masked out by has(); clamping keeps them inside the buffer. The clamp
+        # depends on the read's width: a frame ending at the buffer's end must still read its own last
+        # bytes (one clamp for all widths moved a 1-byte read there onto another byte: fuzz/decode).
+        self.size = len(padded)
         self.start = np.asarray(chunk.offsets[:-1], dtype=np.int64)
         self.caplen = np.asarray(chunk.caplen, dtype=np.int64)
         self.u8 = padded
@@ -109,27 +112,27 @@ class _Frames:
         self.v4 = np.ndarray((len(padded) - 3,), dtype="V4", buffer=padded, strides=(1,))
         self.v16 = np.ndarray((len(padded) - 15,), dtype="V16", buffer=padded, strides=(1,))
 
-    def _index(self, offset: np.ndarray | int) -> np.ndarray:
-        return np.minimum(self.start + offset, self.limit)
+    def _index(self, offset: np.ndarray | int, width: int) -> np.ndarray:
+        return np.minimum(self.start + offset, self.size - width)
 
     def has(self, offset: np.ndarray | int, size: int) -> np.ndarray:
         """Whether `size` bytes at `offset` lie inside each frame as captured."""
         return (np.asarray(offset) >= 0) & (np.asarray(offset) + size <= self.caplen)
 
     def byte(self, offset: np.ndarray | int) -> np.ndarray:
-        return self.u8[self._index(offset)].astype(np.int64)
+        return self.u8[self._index(offset, 1)].astype(np.int64)
 
     def be16(self, offset: np.ndarray | int) -> np.ndarray:
-        return self.u16[self._index(offset)].astype(np.int64)
+        return self.u16[self._index(offset, 2)].astype(np.int64)
 
     def be32(self, offset: np.ndarray | int) -> np.ndarray:
-        return self.u32[self._index(offset)].astype(np.int64)
+        return self.u32[self._index(offset, 4)].astype(np.int64)
 
     def bytes4(self, offset: np.ndarray) -> np.ndarray:
-        return self.v4[self._index(offset)].view(np.uint8).reshape(-1, 4)
+        return self.v4[self._index(offset, 4)].view(np.uint8).reshape(-1, 4)
 
     def bytes16(self, offset: np.ndarray) -> np.ndarray:
-        return self.v16[self._index(offset)].view(np.uint8).reshape(-1, 16)
+        return self.v16[self._index(offset, 16)].view(np.uint8).reshape(-1, 16)
 
 
 def _link_layer(frames: _Frames, link_type: np.ndarray, direction: np.ndarray):
@@ -269,6 +272,7 @@ def decode_frames(
     tcp_flags = np.zeros(n, dtype=np.int64)
     tcp_seq = np.zeros(n, dtype=np.int64)
     tcp_ack = np.zeros(n, dtype=np.int64)
+    tcp_window = np.zeros(n, dtype=np.int64)
     payload_offset = np.where(is_ip, l4_off, 0)
 
     ported = headed & np.isin(l4, PORT_PROTOCOLS) & frames.has(l4_off, 4)
@@ -281,6 +285,8 @@ def decode_frames(
         tcp_seq = np.where(tcp & frames.has(l4_off, 8), frames.be32(l4_off + 4), 0)
         tcp_ack = np.where(tcp & frames.has(l4_off, 12), frames.be32(l4_off + 8), 0)
         tcp_flags = np.where(fixed, ((frames.byte(l4_off + 12) & 1) << 8) | frames.byte(l4_off + 13), 0)
+        # a header cut before the window reads as an open window (the column's default), not a zero one
+        tcp_window = np.where(frames.has(l4_off, 16), frames.be16(l4_off + 14), 0xFFFF) * tcp
         data_offset = (frames.byte(l4_off + 12) >> 4) * 4
         payload_offset = np.where(fixed, l4_off + np.maximum(data_offset, 20), payload_offset)
     udp = headed & np.isin(l4, (17, 136))
@@ -313,6 +319,7 @@ def decode_frames(
         pa.array(tcp_flags.astype(np.uint16)),
         pa.array(tcp_seq.astype(np.uint32)),
         pa.array(tcp_ack.astype(np.uint32)),
+        pa.array(tcp_window.astype(np.uint16)),
         pa.array(payload_offset.astype(np.uint16)),
         pa.array(payload_len.astype(np.uint32)),
         view_column(chunk.data, chunk.offsets[:-1], chunk.caplen) if chdb_layout else _data_column(chunk),

@@ -34,8 +34,9 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: spreads each field 
 NS_PER_MINUTE = 60_000_000_000
 _NODE_CODES = 1 << 23  # node names a batch can have before they need a grouping key of their own
 _USED = ["ts", "node", "ip_version", "l4", "src_ip", "dst_ip", "src_port", "dst_port", "origlen"]
-_USED += ["tcp_flags", "tcp_seq", "payload_len"]
+_USED += ["tcp_flags", "tcp_seq", "tcp_window", "payload_len"]
 _ZERO = {name: "" if name == "node" else b"\0" * 16 if name.endswith("_ip") else 0 for name in _USED}
+_ZERO["tcp_window"] = 0xFFFF  # the packets column's DEFAULT: an absent window is open, not zero
 
 _TS = pa.timestamp("ns", tz="UTC")
 FLOW_ARROW_SCHEMA = pa.schema(
@@ -61,6 +62,10 @@ FLOW_ARROW_SCHEMA = pa.schema(
         ("resets", pa.uint64()),
         ("data_segments", pa.uint64()),
         ("retransmissions", pa.uint64()),
+        ("syns", pa.uint64()),
+        ("zero_windows", pa.uint64()),
+        ("first_data_ab", _TS),
+        ("first_data_ba", _TS),
     ]
 )
 
@@ -191,7 +196,10 @@ def _counters(
     tcp = l4 == TCP
     syn = tcp & ((flags & 0x12) == 0x02)
     synack = tcp & ((flags & 0x12) == 0x12)
-    data = (tcp & (_numpy(packets["payload_len"]) > 0))[order]
+    carries_data = tcp & (_numpy(packets["payload_len"]) > 0)
+    data = carries_data[order]
+    # Wireshark's tcp.analysis.zero_window: a zero window on anything but SYN, FIN or RST
+    zero_window = tcp & (_numpy(packets["tcp_window"]) == 0) & ((flags & 0x07) == 0)
 
     def total(values: np.ndarray) -> np.ndarray:
         return np.add.reduceat(values[order].astype(np.uint64), starts)
@@ -223,7 +231,17 @@ def _counters(
         "resets": pa.array(total(tcp & ((flags & 0x04) != 0))),
         "data_segments": pa.array(np.add.reduceat(data.astype(np.uint64), starts)),
         "retransmissions": pa.array(np.bincount(repeated, minlength=len(starts)).astype(np.uint64)),
+        "syns": pa.array(total(syn)),
+        "zero_windows": pa.array(total(zero_window)),
+        **_first_data(earliest(carries_data), forward),
     }
+
+
+def _first_data(first: pa.Array, forward: np.ndarray) -> dict[str, pa.Array]:
+    """The group's first payload time in the column of the end that sent it (the other one NULL)."""
+    none = pa.nulls(len(first), _TS)
+    fwd = pa.array(forward)
+    return {"first_data_ab": pc.if_else(fwd, first, none), "first_data_ba": pc.if_else(fwd, none, first)}
 
 
 def _identity(packets: pa.Table, first: np.ndarray, forward: np.ndarray) -> dict[str, pa.Array]:

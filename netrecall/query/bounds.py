@@ -1,13 +1,19 @@
-"""The time span a store (or one snapshot) holds: the default bound of every query.
+"""The time span a store (or one snapshot) holds: the default bound of every query, and the rule that fits
+a window people give to that span.
 
 Without --since/--until a query covers everything stored, so a capture imported from last year answers
-at once; the bound is still written into the SQL so the engine prunes by the time key.
+at once; the bound is still written into the SQL so the engine prunes by the time key. A window that
+starts before the first stored packet is clamped to the data with a note; it is refused (or needs
+--partial) only when retention dropped packets inside it (`fit_window`, `retention_horizon`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from netrecall.errors import NetrecallError
 from netrecall.store import Store, sql_identifier
+from netrecall.timeutil import format_time_ns
 
 # The time column(s) of each table: (column holding the earliest time, column holding the latest).
 TIME_COLUMNS = {
@@ -42,7 +48,7 @@ def data_boundaries(
         raise NetrecallError(f"no time boundaries for table {table!r}: use one of {', '.join(TIME_COLUMNS)}")
     name, condition, params = source_table(store, table, snapshot)
     if table in MINUTE_KEYED:
-        found = _minute_keyed_bounds(store, name, condition, params)
+        found = key_ordered_bounds(store, name, condition, params)
     else:
         first, last = TIME_COLUMNS[table]
         row = store.rows(
@@ -57,7 +63,7 @@ def data_boundaries(
     return found
 
 
-def _minute_keyed_bounds(store: Store, name: str, condition: str, params: dict) -> tuple[int, int] | None:
+def key_ordered_bounds(store: Store, name: str, condition: str, params: dict) -> tuple[int, int] | None:
     # min(ts)/max(ts) would read the whole ts column (~130 ms on 10M rows here); the first and last
     # minute come from the first granules in key order, then min/max inside that one minute.
     ends = []
@@ -97,3 +103,76 @@ def covering_bounds(
     if not row[2]:
         return data_boundaries(store, table, snapshot)  # empty: None, or the unknown-snapshot error
     return int(row[0]) * 1_000_000_000, (int(row[1]) + 60) * 1_000_000_000 - 1
+
+
+# --- windows as people give them -------------------------------------------------------------------------
+
+HORIZON_KEY = "retention_horizon_ns"  # netrecall_meta: the newest packet time retention has dropped
+
+
+def retention_horizon(store: Store) -> int | None:
+    """The newest packet time that retention dropped (None when it never dropped anything).
+
+    Written by the retention pass (schema/retention.py) just before it drops hour partitions over the byte
+    budget or past the TTL, so a window reaching back before the oldest stored packet can tell "retention
+    took that" from "nothing was ever captured there"."""
+    value = store.scalar(
+        "SELECT argMax(value, updated_at) FROM netrecall_meta WHERE key = {k:String}", {"k": HORIZON_KEY}
+    )
+    return int(value) if value else None
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window fitted to the stored data: [since_ns, until_ns) and what was changed, in sentences."""
+
+    since_ns: int
+    until_ns: int  # exclusive
+    notes: tuple[str, ...] = ()
+    lost_ns: tuple[int, int] | None = None  # the part of the window retention dropped (partial accepted)
+
+
+def fit_window(
+    since_ns: int,
+    until_ns: int,
+    first_ns: int,
+    last_ns: int,
+    horizon_ns: int | None,
+    allow_partial: bool = False,
+    what: str = "packet",
+    partial_hint: str = "use --since at or after it, or --partial",
+) -> Window:
+    """Clamp [since, until) to the stored data [first, last]; refuse only when retention dropped data inside.
+
+    A window that merely starts before the first capture (people type 17:00:39 for data starting at
+    17:00:39.425) or ends after the last one is clamped, with a note saying so. When the retention horizon
+    lies inside the window's uncovered start, packets really were dropped there: refused, unless
+    `allow_partial`, which keeps the cut window and says what is missing."""
+    notes: list[str] = []
+    lost: tuple[int, int] | None = None
+    if since_ns < first_ns:
+        if horizon_ns is not None and horizon_ns >= since_ns:
+            gone = (since_ns, min(horizon_ns, first_ns - 1))
+            text = (
+                f"retention dropped the {what}s of {format_time_ns(gone[0])} .. {format_time_ns(gone[1])} "
+                f"(the oldest stored {what} is from {format_time_ns(first_ns)})"
+            )
+            if not allow_partial:
+                raise NetrecallError(
+                    f"the window starts at {format_time_ns(since_ns)} but {text}; {partial_hint}"
+                )
+            notes.append(f"partial: {text}")
+            lost = gone
+        else:
+            notes.append(
+                f"the window starts at {format_time_ns(since_ns)}, before the first stored {what} "
+                f"({format_time_ns(first_ns)}): nothing was dropped, the window starts at the data"
+            )
+        since_ns = first_ns
+    if until_ns > last_ns + 1:
+        notes.append(
+            f"the window ends at {format_time_ns(until_ns)}, after the last stored {what} "
+            f"({format_time_ns(last_ns)}): it ends with the data"
+        )
+        until_ns = last_ns + 1
+    return Window(since_ns, until_ns, tuple(notes), lost)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netrecall.errors import NetrecallError
+from netrecall.query.bounds import Window, fit_window, key_ordered_bounds, retention_horizon
 from netrecall.store import Store
 from netrecall.timeutil import format_time_ns, parse_time_ns
 
@@ -33,10 +34,11 @@ class PacketFilters:
     proto: str | None = None
     kfl: str | None = None
     snapshot: str | None = None
+    partial: bool = False  # accept a window whose start retention dropped (see query/bounds.py: fit_window)
 
     def as_dict(self) -> dict[str, Any]:
         """Only the filters actually given, for manifests and the exports audit row."""
-        given = {k: v for k, v in self.__dict__.items() if v not in (None, [], "")}
+        given = {k: v for k, v in self.__dict__.items() if v not in (None, [], "") and v is not False}
         return given
 
 
@@ -49,6 +51,7 @@ class Selection:
     params: dict[str, Any]
     since_ns: int
     until_ns: int  # exclusive
+    notes: tuple[str, ...] = ()  # how the window given was fitted to the stored data
 
 
 def ipv6_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -111,7 +114,8 @@ def build_selection(store: Store, filters: PacketFilters, now_ns: int | None = N
         params["x_nodes"] = list(filters.nodes)
         clauses.append("node IN {x_nodes:Array(String)}")
     scope_where = " AND ".join(clauses)
-    since_ns, until_ns = _resolve_window(store, table, scope_where, params, filters, now_ns)
+    window = _resolve_window(store, table, scope_where, params, filters, now_ns)
+    since_ns, until_ns = window.since_ns, window.until_ns
     params["x_since"] = since_ns
     params["x_until"] = until_ns
     clauses.append(
@@ -167,7 +171,7 @@ def build_selection(store: Store, filters: PacketFilters, now_ns: int | None = N
         clauses.append(f"(({' AND '.join(src)}) OR ({' AND '.join(dst)}))")
     if filters.kfl:
         clauses.append(_kfl_clause(filters.kfl, filters.snapshot, params))
-    return Selection(table, " AND ".join(clauses), params, since_ns, until_ns)
+    return Selection(table, " AND ".join(clauses), params, since_ns, until_ns, window.notes)
 
 
 def _resolve_window(
@@ -177,8 +181,10 @@ def _resolve_window(
     params: dict[str, Any],
     filters: PacketFilters,
     now_ns: int | None,
-) -> tuple[int, int]:
-    """The window asked for, checked against what is stored; defaults are the stored data's bounds."""
+) -> Window:
+    """The window asked for, fitted to what is stored (query/bounds.py: fit_window); defaults are the stored
+    data's bounds. A window past either end of the data is clamped with a note; one whose start retention
+    dropped is refused unless --partial; one holding no stored packet at all is refused."""
     since_ns = parse_time_ns(filters.since, now_ns) if filters.since else None
     until_ns = parse_time_ns(filters.until, now_ns) if filters.until else None
     if since_ns is not None and until_ns is not None and since_ns >= until_ns:
@@ -186,26 +192,14 @@ def _resolve_window(
             f"empty window: --since {format_time_ns(since_ns)} is not before "
             f"--until {format_time_ns(until_ns)}"
         )
-    if since_ns is not None and until_ns is not None:
-        # Both ends given: a primary-key range probe answers "is anything there" without scanning ts.
-        probe = {**params, "p_since": since_ns, "p_until": until_ns}
-        if store.scalar(
-            f"SELECT count() FROM (SELECT 1 FROM {table} WHERE {scope_where} AND "
-            "ts >= fromUnixTimestamp64Nano({p_since:Int64}) "
-            "AND ts < fromUnixTimestamp64Nano({p_until:Int64}) LIMIT 1)",
-            probe,
-        ):
-            return since_ns, until_ns
-    first, last, count = store.rows(
-        f"SELECT toUnixTimestamp64Nano(min(ts)), toUnixTimestamp64Nano(max(ts)), count() FROM {table} "
-        f"WHERE {scope_where}",
-        params,
-    )[0]
+    # The first and last granules in key order, not min/max over the whole ts column.
+    stored = key_ordered_bounds(store, table, scope_where, params)
     where = f" in snapshot {filters.snapshot!r}" if filters.snapshot else ""
     if filters.nodes:
         where += f" for node {', '.join(filters.nodes)}"
-    if not count:
+    if stored is None:
         raise NetrecallError(f"no packets stored{where}")
+    first, last = stored
     since_ns = first if since_ns is None else since_ns
     until_ns = last + 1 if until_ns is None else until_ns
     if since_ns > last or until_ns <= first:
@@ -214,7 +208,8 @@ def _resolve_window(
             f"is outside the stored data{where} "
             f"({format_time_ns(first)} .. {format_time_ns(last)})"
         )
-    return since_ns, until_ns
+    horizon = None if filters.snapshot else retention_horizon(store)  # snapshots are outside retention
+    return fit_window(since_ns, until_ns, first, last, horizon, filters.partial)
 
 
 def _require_pod(store: Store, snapshot: str | None, namespace: str, name: str) -> None:

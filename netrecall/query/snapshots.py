@@ -19,7 +19,7 @@ import os
 import re
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,6 +27,7 @@ import zstandard
 
 import netrecall
 from netrecall.errors import NetrecallError
+from netrecall.query.bounds import Window, fit_window, retention_horizon
 from netrecall.query.export import check_output_path, who_ran
 from netrecall.schema.tables import (
     API_CALLS,
@@ -59,6 +60,7 @@ class SnapshotInfo:
     flows: int
     workloads: int
     api_calls: int
+    notes: list[str] = field(default_factory=list)  # how the window was fitted to the stored data
 
 
 def check_name(name: str) -> str:
@@ -113,7 +115,11 @@ def create_snapshot(
     nodes = list(nodes or [])
     params: dict[str, Any] = {"n": name, "since": since_ns, "until": until_ns, "nodes": nodes}
     node_clause = " AND node IN {nodes:Array(String)}" if nodes else ""
-    _check_coverage(store, since_ns, until_ns, node_clause, params, allow_partial)
+    window = _check_coverage(store, since_ns, until_ns, node_clause, params, allow_partial)
+    since_ns, until_ns = window.since_ns, window.until_ns
+    params.update(since=since_ns, until=until_ns)
+    # what a create killed before its `snapshots` row left behind: not a snapshot, and it would be doubled
+    _drop_data(store, name)
     try:
         _copy(
             store, PACKETS.column_names, "packets", SNAPSHOT_PACKETS.name, f"{_WINDOW}{node_clause}", params
@@ -138,6 +144,7 @@ def create_snapshot(
             params,
         )
         info = _counts(store, name, since_ns, until_ns, nodes)
+        info.notes = list(window.notes)
         _insert_row(
             store, {**params, "by": who_ran(), "packets": info.packets, "bytes": info.bytes, "note": note}
         )
@@ -160,8 +167,9 @@ def _insert_row(store: Store, params: dict[str, Any]) -> None:
 
 def _check_coverage(
     store: Store, since_ns: int, until_ns: int, node_clause: str, params: dict[str, Any], allow_partial: bool
-) -> None:
-    """Say what is missing when retention (or nothing at all) left the window empty or cut its start."""
+) -> Window:
+    """The window fitted to the stored packets (query/bounds.py: fit_window); says what is missing when
+    nothing is stored there, or when retention dropped the window's start."""
     first, last, total = store.rows(
         "SELECT toUnixTimestamp64Nano(min(ts)), toUnixTimestamp64Nano(max(ts)), count() FROM packets "
         f"WHERE 1{node_clause}",
@@ -177,22 +185,40 @@ def _check_coverage(
         raise NetrecallError(
             f"no packets stored in {window}: {stored} (retention may have dropped the window)"
         )
-    if since_ns < first and not allow_partial:
-        raise NetrecallError(
-            f"the window starts at {format_time_ns(since_ns)} but the oldest stored packet{scope} is from "
-            f"{format_time_ns(first)}: {format_time_ns(since_ns)} .. {format_time_ns(first)} is missing "
-            "(dropped by retention or never captured); use --since at or after it, or --partial"
-        )
+    return fit_window(since_ns, until_ns, first, last, retention_horizon(store), allow_partial)
+
+
+# The copy streams in small blocks on one thread: with the engine's defaults `snapshot create` of the
+# 1.1M-packet benchmark capture peaked 1.45 GB over the store's floor (threads x large blocks of frames,
+# and merges of the parts being written); one thread, 256-row blocks and merges held until the copy ends:
+# ~+280 MB for the whole command, and no slower (bench/bench_memory.py).
+_COPY_SETTINGS = {
+    "max_threads": 1,
+    "max_insert_threads": 1,
+    "max_block_size": 256,
+    "preferred_block_size_bytes": 1 << 20,
+    "min_insert_block_size_rows": 0,
+    "min_insert_block_size_bytes": 8 << 20,
+}
 
 
 def _copy(
     store: Store, columns: list[str], source: str, target: str, where: str, params: dict[str, Any]
 ) -> None:
     names = ", ".join(f"`{c}`" for c in columns)
-    store.command(
-        f"INSERT INTO {target} (snapshot, {names}) SELECT {{n:String}}, {names} FROM {source} WHERE {where}",
-        params,
-    )
+    held = store.kind == "chdb"  # the embedded engine is this process's own: its merges can wait
+    if held:
+        store.command(f"SYSTEM STOP MERGES {target}")
+    try:
+        store.command(
+            f"INSERT INTO {target} (snapshot, {names}) "
+            f"SELECT {{n:String}}, {names} FROM {source} WHERE {where}",
+            params,
+            settings=_COPY_SETTINGS,
+        )
+    finally:
+        if held:
+            store.command(f"SYSTEM START MERGES {target}")
 
 
 def _rebuild_flows(store: Store, params: dict[str, Any]) -> None:
@@ -402,6 +428,7 @@ def import_snapshot(store: Store, path: str | Path) -> dict[str, Any]:
                     f"cannot import {path}: {entry['member']} sha256 is {digest.hexdigest()}, "
                     f"the manifest says {entry['sha256']} (the file is damaged or was altered)"
                 )
+        _drop_data(store, name)  # an import killed before its `snapshots` row: the rows would be doubled
         try:
             for table, entry in manifest["tables"].items():
                 with archive.open(entry["member"]) as member:

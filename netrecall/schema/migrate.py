@@ -7,12 +7,15 @@ from collections.abc import Callable
 from netrecall.errors import NetrecallError
 from netrecall.schema.tables import (
     API_CALLS,
+    CALL_EDGES_MV,
+    CALL_LATENCY_MV,
     DEFAULT_TTL_SECONDS,
     EXPORTS,
     FLOWS,
     PACKET_PARTS,
     PACKETS,
     Table,
+    fill_select,
     schema_statements,
 )
 from netrecall.store import Store
@@ -69,11 +72,28 @@ V5_CALL_COLUMNS = API_CALLS.column_names[
 ]
 
 
+# flows columns added in v5 (TCP-level failures), in table order.
+V5_FLOW_COLUMNS = FLOWS.column_names[FLOWS.column_names.index("syns") : FLOWS.column_names.index("a_pod")]
+
+
 def _v4_to_v5(existing: set[str]) -> list[str]:
     """api_calls (and snapshot copies) gain the columns of the protocols beyond HTTP/1 and DNS, and a
     bloom filter on the TLS server name; the exports audit gains the schedule and the reason of each
-    export. Existing rows read the new columns' defaults. (agent_stats is new: created afterwards.)"""
+    export. Existing rows read the new columns' defaults. (agent_stats is new: created afterwards.)
+
+    Packets gain the TCP window and flows the TCP-failure counters (SYNs, zero windows, first payload
+    each way); old rows read an open window and zero counts. The per-minute latency histograms
+    (call_latency) and the service map's per-minute edges (call_edges) start with what api_calls already
+    holds, then their views keep them."""
     steps = []
+    for table in sorted({"packets", "snapshot_packets"} & existing):
+        add = f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS"
+        steps.append(f"{add} {_column(PACKETS, 'tcp_window')} AFTER tcp_ack")
+    for table in sorted({"flows", "snapshot_flows"} & existing):
+        after = "retransmissions"
+        for name in V5_FLOW_COLUMNS:
+            steps.append(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {_column(FLOWS, name)} AFTER {after}")
+            after = name
     if "exports" in existing:
         add = "ALTER TABLE exports ADD COLUMN IF NOT EXISTS"
         steps += [
@@ -92,6 +112,18 @@ def _v4_to_v5(existing: set[str]) -> list[str]:
     return steps
 
 
+def _v5_view_backfill(existing: set[str]) -> list[str]:
+    """The calls stored before call_latency and call_edges existed, into them (their views, just created,
+    keep them from now on; the store has one writer: the one migrating)."""
+    if "api_calls" not in existing:
+        return []
+    return [
+        f"INSERT INTO {view.target} {fill_select(view.select, 'api_calls FINAL', '1')}"
+        for view in (CALL_LATENCY_MV, CALL_EDGES_MV)
+        if view.target not in existing
+    ]
+
+
 # MIGRATIONS[n] takes a store at version n to n + 1; afterwards the current schema's CREATE ... IF NOT
 # EXISTS statements add whatever is new (tables a step did not create).
 # An empty database (version 0) gets the current schema directly. On a cluster, run the same steps
@@ -102,6 +134,11 @@ MIGRATIONS: dict[int, Callable[[set[str]], list[str]]] = {
     3: _v3_to_v4,
     4: _v4_to_v5,
 }
+
+
+# BACKFILLS[n] runs once the current schema exists, for a store that took step n (tables the step's
+# CREATE statements made, filled from what the store held).
+BACKFILLS: dict[int, Callable[[set[str]], list[str]]] = {4: _v5_view_backfill}
 
 
 def stored_version(store: Store) -> int:
@@ -125,11 +162,15 @@ def ensure_schema(store: Store) -> int:
     if store.cluster:
         return _create_cluster_schema(store, version)
     # An empty database (version 0) takes the current schema as is; an older store walks the steps first.
+    backfills = []
     for step in range(version, SCHEMA_VERSION) if version else ():
         existing = {row[0] for row in store.rows("SHOW TABLES")}
         for statement in MIGRATIONS[step](existing):
             store.command(statement)
+        backfills += BACKFILLS[step](existing) if step in BACKFILLS else []
     for statement in schema_statements(ttl_seconds=current_ttl_seconds(store)):
+        store.command(statement)
+    for statement in backfills:
         store.command(statement)
     store.command(
         "INSERT INTO netrecall_meta (key, value) VALUES ('schema_version', {v:String})",

@@ -103,6 +103,12 @@ def apply_retention(
     if max_bytes is not None:
         check_max_bytes(max_bytes)
     tables = _existing_rolling_tables(store)
+    if "packets" in tables:  # before MODIFY TTL, which drops what the new TTL expires at once
+        _record_horizon(
+            store,
+            "stored_at < now() - toIntervalSecond({ttl:UInt64})",
+            {"ttl": current_ttl_seconds(store) if ttl_seconds is None else ttl_seconds},
+        )
     if ttl_seconds is not None:
         for table in tables:
             store.command(
@@ -179,6 +185,9 @@ def _enforce_budget(store: Store, tables: list[str], budget: int) -> tuple[list[
     dropped: list[datetime] = []
     while used > budget and len(ordered) > 1:
         hour = ordered.pop(0)
+        if "packets" in tables:
+            _record_horizon(store, "_partition_id = {p:String}", {"p": str(hour)})
+            _count_dropped(store, hour)
         for table in tables:
             # DROP PARTITION of an absent partition is a no-op; the id is digits only (checked above)
             store.command(f"ALTER TABLE {_alter_target(store, table)} DROP PARTITION ID '{hour}'")
@@ -211,6 +220,48 @@ def _existing_rolling_tables(store: Store) -> list[str]:
         )
     }
     return [t for t in ROLLING_TABLES if t in present]
+
+
+def _record_horizon(store: Store, where: str, params: dict) -> None:
+    """Remember the newest packet time among the packets about to go (past the TTL: ClickHouse drops them on
+    its next TTL merge; or a partition dropped over the budget), so a window reaching back into them is
+    refused as partial rather than silently clamped (query/bounds.py: fit_window)."""
+    from netrecall.query.bounds import HORIZON_KEY, retention_horizon
+
+    newest = store.scalar(
+        f"SELECT toUnixTimestamp64Nano(max(ts)) FROM packets WHERE {where} HAVING count() > 0", params
+    )
+    if newest is None:
+        return
+    known = retention_horizon(store)
+    if known is None or int(newest) > known:
+        _remember(store, HORIZON_KEY, int(newest))
+
+
+DROPPED_PREFIX = "retention_dropped_packets|"
+
+
+def _count_dropped(store: Store, hour: int) -> None:
+    """Count, per node, the packets of an hour about to be dropped over the budget: the named counter a
+    reconciliation of sent against stored packets needs (docs/reliability.md). One key per hour and
+    node, so a pass interrupted between counting and dropping counts the same rows again, not twice."""
+    for node, count in store.rows(
+        "SELECT node, count() FROM packets WHERE _partition_id = {p:String} GROUP BY node", {"p": str(hour)}
+    ):
+        _remember(store, f"{DROPPED_PREFIX}{hour}|{node}", int(count))
+
+
+def dropped_packets(store: Store) -> dict[str, int]:
+    """Packets the byte budget dropped so far, per node (the `retention_dropped_packets` counter)."""
+    found: dict[str, int] = {}
+    for key, value in store.rows(
+        "SELECT key, argMax(value, updated_at) FROM netrecall_meta "
+        "WHERE startsWith(key, {p:String}) GROUP BY key",
+        {"p": DROPPED_PREFIX},
+    ):
+        node = key.split("|", 2)[2]
+        found[node] = found.get(node, 0) + int(value)
+    return found
 
 
 def _remember(store: Store, key: str, value: int) -> None:

@@ -93,6 +93,9 @@ PACKETS = Table(
         ("tcp_flags", "UInt16"),
         ("tcp_seq", "UInt32"),
         ("tcp_ack", "UInt32"),
+        # TCP window field as sent (unscaled; schema v5). A row written without it (before v5, or by a
+        # writer that does not decode it) reads as an open window, never as a zero window.
+        ("tcp_window", "UInt16 DEFAULT 65535"),
         ("payload_offset", "UInt16"),  # where the L4 payload starts in `data`
         ("payload_len", "UInt32"),  # L4 payload length as captured (not beyond caplen)
         # One id for both directions of a 5-tuple, computed by the engine so every writer agrees.
@@ -161,6 +164,14 @@ FLOWS = Table(
         # lower bound otherwise. Kept per batch because an exact per-flow set of sequence numbers made
         # this table larger than the packets it summarises.
         ("retransmissions", "SimpleAggregateFunction(sum, UInt64)"),
+        # schema v5, for TCP-level failures: SYNs without ACK (a client's attempts, retries included: a
+        # flow with SYNs and no SYN-ACK timed out, or was refused when a RST came back), packets
+        # advertising a zero receive window (not SYN/FIN/RST, as Wireshark's tcp.analysis.zero_window),
+        # and the first payload each way (time to first byte: the server's first byte after the client's)
+        ("syns", "SimpleAggregateFunction(sum, UInt64)"),
+        ("zero_windows", "SimpleAggregateFunction(sum, UInt64)"),
+        ("first_data_ab", "SimpleAggregateFunction(min, Nullable(DateTime64(9)))"),
+        ("first_data_ba", "SimpleAggregateFunction(min, Nullable(DateTime64(9)))"),
         *_flow_endpoint_columns("a"),
         *_flow_endpoint_columns("b"),
     ],
@@ -208,7 +219,9 @@ SELECT
     if(fwd, flags_, 0) AS tcp_flags_ab,
     if(fwd, 0, flags_) AS tcp_flags_ba,
     syn_ * if(fwd, 1, 2) AS syn_from,
-    syn_ts, synack_ts, resets, data_segments, retransmissions,
+    syn_ts, synack_ts, resets, data_segments, retransmissions, syns, zero_windows,
+    if(fwd, first_data_, NULL) AS first_data_ab,
+    if(fwd, NULL, first_data_) AS first_data_ba,
 {identity_ab.rstrip().rstrip(",")}
 FROM (
 WITH (src_ip, src_port) <= (dst_ip, dst_port) AS fwd
@@ -233,6 +246,9 @@ SELECT
     countIf(l4 = 6 AND bitAnd(tcp_flags, 0x04) != 0) AS resets,
     countIf(l4 = 6 AND payload_len > 0) AS data_segments,
     toUInt64(data_segments - uniqExactIf(tcp_seq, l4 = 6 AND payload_len > 0)) AS retransmissions,
+    countIf(l4 = 6 AND bitAnd(tcp_flags, 0x12) = 0x02) AS syns,
+    countIf(l4 = 6 AND tcp_window = 0 AND bitAnd(tcp_flags, 0x07) = 0) AS zero_windows,
+    minIf(toNullable(ts), l4 = 6 AND payload_len > 0) AS first_data_,
 {identity_any.rstrip().rstrip(",")}
 FROM {{packets}}
 WHERE ip_version != 0
@@ -357,6 +373,340 @@ API_CALLS = Table(
         "INDEX ix_sni tls_sni TYPE bloom_filter(0.01) GRANULARITY 4",
     ],
 )
+
+# Per-minute latency histograms per workload edge, kept by a materialized view over api_calls (Coroot's
+# way): percentiles over days read thousands of rows instead of millions of calls. Buckets are fixed,
+# 5 ms to 10 s; a bucket counts the answered calls slower than the previous bound and at most its own.
+LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+LATENCY_BUCKET_COLUMNS = [f"le_{ms}ms" for ms in LATENCY_BUCKETS_MS] + ["gt_10000ms"]
+# The service map's buckets (call_edges): the same series carried on below 5 ms, where calls inside a
+# cluster mostly answer (a p50 of 0.1 ms must not read as 2.5 ms); its counts up to 5 ms add up to le_5ms.
+EDGE_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2.5, *LATENCY_BUCKETS_MS)
+EDGE_BUCKET_COLUMNS = [f"le_{round(ms * 1000)}us" for ms in EDGE_BUCKETS_MS[:5]] + LATENCY_BUCKET_COLUMNS
+
+
+def endpoint_name_sql(side: str) -> str:
+    """One end of a call as the RCA tools name it: ns/workload, ns/service, ns/pod, or the bare IP (the
+    same rule as netrecall.query.rca.who)."""
+    return (
+        f"multiIf({side}_workload != '', "
+        f"concat({side}_namespace, '/', splitByChar('/', {side}_workload)[-1]), "
+        f"{side}_service != '', concat({side}_namespace, '/', {side}_service), "
+        f"{side}_pod != '', concat({side}_namespace, '/', {side}_pod), "
+        f"replaceRegexpOne(toString({side}_ip), '^::ffff:', ''))"
+    )
+
+
+# A path segment that is an id: a number, a UUID, or a hex string of 8+ characters with a digit in it.
+ID_SEGMENT = (
+    "^([0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{8,})$"
+)
+
+
+def route_template_sql(path: str = "path") -> str:
+    """`/orders/8812` and `/orders/9911` -> `/orders/{id}` (numbers, UUIDs, hex ids), segment by segment."""
+    return (
+        "arrayStringConcat(arrayMap(s -> "
+        "if(match(s, '" + ID_SEGMENT + "') AND match(s, '[0-9]'), '{id}', s), "
+        f"splitByChar('/', substring({path}, 1, 512))), '/')"
+    )
+
+
+# The error kind of a call: the same rule as netrecall.query.rca._ERROR_KINDS (a test holds them equal).
+CALL_ERROR_KIND = """
+    multiIf(
+        protocol = 'dns' AND status_code != 0, 'dns_error',
+        protocol = 'grpc' AND grpc_status != 0, 'grpc_error',
+        protocol IN ('http', 'http2') AND status_code >= 500, 'http_5xx',
+        protocol IN ('http', 'http2') AND status_code >= 400, 'http_4xx',
+        protocol = 'redis' AND status_code != 0, 'redis_error',
+        protocol = 'postgresql' AND status_code != 0, 'postgresql_error',
+        protocol = 'kafka' AND status_code != 0, 'kafka_error',
+        protocol = 'tls' AND status_code != 0, 'tls_alert',
+        error != '', 'parse_error',
+        '')
+"""
+
+
+def latency_bucket_counts(
+    bounds_ms: tuple[float, ...] = LATENCY_BUCKETS_MS, columns: list[str] = LATENCY_BUCKET_COLUMNS
+) -> list[str]:
+    """`countIf(...) AS le_5ms`, ...: the answered calls of a group in each latency bucket."""
+    buckets = []
+    low = 0
+    for column, ms in zip(columns, [*bounds_ms, None], strict=True):
+        high = f" AND elapsed_time <= {round(ms * 1000)}" if ms is not None else ""
+        buckets.append(f"countIf(has_response AND elapsed_time > {low}{high}) AS {column}")
+        low = round(ms * 1000) if ms is not None else low
+    # A bucket's lower bound is exclusive except the first: a 0 us call counts in le_5ms.
+    buckets[0] = buckets[0].replace("elapsed_time > 0 AND ", "")
+    return buckets
+
+
+def _latency_select() -> str:
+    """api_calls rows -> call_latency rows: the view's SELECT, and what the tools run over a snapshot's
+    calls, a KFL filter or the minutes at a window's ragged ends (`{source}`, `{where}` to fill in)."""
+    buckets = latency_bucket_counts()
+    return f"""
+SELECT
+    toStartOfMinute(ts) AS minute,
+    now() AS stored_at,
+    {endpoint_name_sql("src")} AS src,
+    {endpoint_name_sql("dst")} AS dst,
+    protocol,
+    multiIf(protocol = 'dns', dns_question_types[1], protocol = 'tls', '', method) AS method,
+    multiIf(protocol IN ('http', 'http2'), {route_template_sql()},
+            protocol = 'grpc', if(grpc_method != '', grpc_method, path),
+            protocol = 'dns', dns_questions[1],
+            protocol = 'tls', tls_sni, '') AS route,
+    {CALL_ERROR_KIND.strip()} AS kind,
+    if(kind = '', 0, if(kind = 'grpc_error', grpc_status, status_code)) AS code,
+    count() AS calls,
+    countIf(kind NOT IN ('', 'http_4xx')) AS failed,
+    countIf(NOT has_response) AS no_response,
+    sumIf(elapsed_time, has_response) AS latency_us,
+    maxIf(elapsed_time, has_response) AS max_us,
+    argMaxStateIf(id, elapsed_time, has_response) AS slowest,
+    any(id) AS example_id,
+    {("," + chr(10) + "    ").join(buckets)}
+FROM {{source}}
+WHERE {{where}}
+GROUP BY minute, src, dst, protocol, method, route, kind, code
+"""
+
+
+LATENCY_SELECT = _latency_select()
+
+
+def fill_select(select: str, source: str, where: str) -> str:
+    """`{source}` and `{where}` filled in (not str.format: the SQL holds regex braces and '{id}')."""
+    return select.replace("{source}", source).replace("{where}", where)
+
+
+CALL_LATENCY = Table(
+    name="call_latency",
+    columns=[
+        ("minute", "DateTime"),
+        ("stored_at", "SimpleAggregateFunction(max, DateTime) DEFAULT now()"),
+        ("src", "LowCardinality(String)"),  # ns/workload (endpoint_name_sql)
+        ("dst", "LowCardinality(String)"),
+        ("protocol", "LowCardinality(String)"),
+        ("method", "LowCardinality(String)"),  # DNS: the query type
+        ("route", "String"),  # HTTP path template, gRPC method, DNS name, TLS server name
+        ("kind", "LowCardinality(String)"),  # '' for a call that did not fail, else its error kind
+        ("code", "Int32"),  # 0 unless it failed: HTTP status, rcode, grpc-status, ...
+        ("calls", "UInt64"),
+        ("failed", "UInt64"),  # failed by the protocol's rule (a 4xx is not a failure here)
+        ("no_response", "UInt64"),  # requests that never got an answer (not in the buckets)
+        ("latency_us", "UInt64"),  # sum over answered calls: the mean
+        ("max_us", "SimpleAggregateFunction(max, UInt64)"),
+        ("slowest", "AggregateFunction(argMax, String, UInt64)"),  # the slowest call's id
+        ("example_id", "SimpleAggregateFunction(any, String)"),
+        *[(column, "UInt64") for column in LATENCY_BUCKET_COLUMNS],
+    ],
+    engine="SummingMergeTree",
+    partition_by="toStartOfHour(stored_at)",
+    order_by="(minute, src, dst, protocol, method, route, kind, code)",
+)
+
+
+@dataclass(frozen=True)
+class View:
+    """A materialized view writing into a table (`TO`): what runs on every insert into `source`."""
+
+    name: str
+    target: str
+    source: str
+    select: str  # with {source} and {where}
+
+
+CALL_LATENCY_MV = View("call_latency_mv", "call_latency", "api_calls", LATENCY_SELECT)
+
+
+def _latency_hourly_select() -> str:
+    """call_latency rows -> call_latency_hourly rows (`{source}`, `{where}` to fill in)."""
+    buckets = ", ".join(f"sum({c}) AS {c}" for c in LATENCY_BUCKET_COLUMNS)
+    return f"""
+SELECT
+    toStartOfHour(minute) AS hour, max(stored_at) AS stored_at, src, dst, protocol, kind, code,
+    sum(calls) AS calls, sum(failed) AS failed, sum(no_response) AS no_response,
+    sum(latency_us) AS latency_us, max(max_us) AS max_us,
+    min(minute) AS first_minute, max(minute) AS last_minute,
+    {buckets}
+FROM {{source}}
+WHERE {{where}}
+GROUP BY hour, src, dst, protocol, kind, code
+"""
+
+
+# call_latency summed per hour without the method and the route: what a dashboard over a day or a week
+# reads per destination or per pair (24 x edges rows a day, whatever the routes). Kept by a view on
+# call_latency, so a row written there (by its own view or by the migration's backfill) lands here too.
+CALL_LATENCY_HOURLY = Table(
+    name="call_latency_hourly",
+    columns=[
+        ("hour", "DateTime"),
+        ("stored_at", "SimpleAggregateFunction(max, DateTime) DEFAULT now()"),
+        ("src", "LowCardinality(String)"),
+        ("dst", "LowCardinality(String)"),
+        ("protocol", "LowCardinality(String)"),
+        ("kind", "LowCardinality(String)"),
+        ("code", "Int32"),
+        ("calls", "UInt64"),
+        ("failed", "UInt64"),
+        ("no_response", "UInt64"),
+        ("latency_us", "UInt64"),
+        ("max_us", "SimpleAggregateFunction(max, UInt64)"),
+        ("first_minute", "SimpleAggregateFunction(min, DateTime)"),  # first and last minute seen
+        ("last_minute", "SimpleAggregateFunction(max, DateTime)"),
+        *[(column, "UInt64") for column in LATENCY_BUCKET_COLUMNS],
+    ],
+    engine="SummingMergeTree",
+    partition_by="toStartOfHour(stored_at)",
+    order_by="(hour, src, dst, protocol, kind, code)",
+)
+CALL_LATENCY_HOURLY_MV = View(
+    "call_latency_hourly_mv", "call_latency_hourly", "call_latency", _latency_hourly_select()
+)
+
+
+def _latency_dst_select() -> str:
+    """call_latency rows -> call_latency_dst rows (`{source}`, `{where}` to fill in)."""
+    buckets = ", ".join(f"sum({c}) AS {c}" for c in LATENCY_BUCKET_COLUMNS)
+    return f"""
+SELECT
+    minute, max(stored_at) AS stored_at, dst, protocol, splitByChar('/', src)[1] AS src_namespace,
+    sum(calls) AS calls, sum(failed) AS failed, sum(no_response) AS no_response,
+    sum(latency_us) AS latency_us, max(max_us) AS max_us,
+    {buckets}
+FROM {{source}}
+WHERE {{where}}
+GROUP BY minute, dst, protocol, src_namespace
+"""
+
+
+# call_latency per minute and destination, the callers summed by namespace: what a time series of a
+# destination's latency or of the call rate reads (Grafana's p99 over time, calls per second), several
+# times fewer rows than the minutes per edge and route. Kept by a view on call_latency, as the hours are.
+CALL_LATENCY_DST = Table(
+    name="call_latency_dst",
+    columns=[
+        ("minute", "DateTime"),
+        ("stored_at", "SimpleAggregateFunction(max, DateTime) DEFAULT now()"),
+        ("dst", "LowCardinality(String)"),
+        ("protocol", "LowCardinality(String)"),
+        ("src_namespace", "LowCardinality(String)"),  # the callers' namespace (their IP when unnamed)
+        ("calls", "UInt64"),
+        ("failed", "UInt64"),
+        ("no_response", "UInt64"),
+        ("latency_us", "UInt64"),
+        ("max_us", "SimpleAggregateFunction(max, UInt64)"),
+        *[(column, "UInt64") for column in LATENCY_BUCKET_COLUMNS],
+    ],
+    engine="SummingMergeTree",
+    partition_by="toStartOfHour(stored_at)",
+    order_by="(minute, dst, protocol, src_namespace)",
+)
+CALL_LATENCY_DST_MV = View("call_latency_dst_mv", "call_latency_dst", "call_latency", _latency_dst_select())
+
+# Per-minute RED per workload edge for the service map (netrecall.hub.ui.queries), kept by a view over
+# api_calls: the map of an hour of 10M calls reads minutes x edges rows instead of the calls. Keyed by the
+# identity columns the map groups by (namespace, workload, service, node), which keep api_calls' names, so
+# the map's naming SQL and a KFL filter on those columns run on either table. An end with no workload and
+# no service (or no namespace) is named by its pod or IP: `*_unnamed` (their hash, else 0) keeps such ends
+# apart without splitting a workload's rows per pod; `*_pod` and `*_ip` are then one value per row.
+EDGE_SIDE_COLUMNS = ("namespace", "workload", "service", "node")
+EDGE_FILTER_COLUMNS = frozenset(
+    [f"{side}_{column}" for side in ("src", "dst") for column in EDGE_SIDE_COLUMNS] + ["protocol"]
+)
+# Whether a call failed, by its protocol's own rule: netrecall.query.rca.FAILED (a test holds them equal).
+CALL_FAILED = """
+    multiIf(protocol IN ('dns', 'redis', 'postgresql', 'kafka', 'tls'), status_code != 0,
+            protocol = 'grpc', grpc_status != 0,
+            status_code >= 500)
+"""
+
+
+def _edge_side_columns(side: str) -> list[tuple[str, str]]:
+    return [
+        *[(f"{side}_{column}", "LowCardinality(String)") for column in EDGE_SIDE_COLUMNS],
+        (f"{side}_unnamed", "UInt64"),
+        (f"{side}_pod", "SimpleAggregateFunction(any, LowCardinality(String))"),
+        (f"{side}_ip", "SimpleAggregateFunction(any, IPv6)"),
+    ]
+
+
+EDGE_ENDS = [f"{side}_{column}" for side in ("src", "dst") for column in (*EDGE_SIDE_COLUMNS, "unnamed")]
+EDGE_KEY = [*EDGE_ENDS, "protocol"]
+
+
+def _edges_select() -> str:
+    """api_calls rows -> call_edges rows (`{source}`, `{where}` to fill in). The keys are computed one level
+    down: an alias `src_pod` for any(src_pod) would otherwise shadow the column inside the key's hash."""
+    unnamed = "".join(
+        f"        if(({s}_workload = '' AND {s}_service = '') OR {s}_namespace = '', "
+        f"cityHash64({s}_pod, {s}_ip), 0) AS {s}_unnamed, {s}_pod AS {s}_pod_, {s}_ip AS {s}_ip_,\n"
+        for s in ("src", "dst")
+    )
+    sides = ", ".join(f"{s}_{c}" for s in ("src", "dst") for c in EDGE_SIDE_COLUMNS)
+    # in the table's column order: the migration's backfill inserts it by position
+    ends = "".join(
+        f"    {', '.join(f'{s}_{c}' for c in (*EDGE_SIDE_COLUMNS, 'unnamed'))}, "
+        f"any({s}_pod_) AS {s}_pod, any({s}_ip_) AS {s}_ip,\n"
+        for s in ("src", "dst")
+    )
+    return f"""
+SELECT
+    minute,
+    now() AS stored_at,
+{ends}    protocol,
+    count() AS calls,
+    countIf(failed) AS errors,
+    maxIf(elapsed_time, has_response) AS max_us,
+    {("," + chr(10) + "    ").join(latency_bucket_counts(EDGE_BUCKETS_MS, EDGE_BUCKET_COLUMNS))}
+FROM (
+    SELECT
+        toStartOfMinute(ts) AS minute, {sides}, protocol, elapsed_time, has_response,
+{unnamed}        {" ".join(CALL_FAILED.split())} AS failed
+    FROM {{source}}
+    WHERE {{where}}
+)
+GROUP BY {", ".join(["minute", *EDGE_KEY])}
+"""
+
+
+EDGES_SELECT = _edges_select()
+
+CALL_EDGES = Table(
+    name="call_edges",
+    columns=[
+        ("minute", "DateTime"),
+        ("stored_at", "SimpleAggregateFunction(max, DateTime) DEFAULT now()"),
+        *_edge_side_columns("src"),
+        *_edge_side_columns("dst"),
+        ("protocol", "LowCardinality(String)"),
+        ("calls", "UInt64"),
+        ("errors", "UInt64"),  # failed by the protocol's rule (CALL_FAILED), as summarize_errors counts
+        # the answered calls' latency: the slowest, and counts per bucket (EDGE_BUCKETS_MS)
+        ("max_us", "SimpleAggregateFunction(max, UInt64)"),
+        *[(column, "UInt64") for column in EDGE_BUCKET_COLUMNS],
+    ],
+    engine="SummingMergeTree",
+    partition_by="toStartOfHour(stored_at)",
+    order_by=f"(minute, {', '.join(EDGE_KEY)})",
+)
+CALL_EDGES_MV = View("call_edges_mv", "call_edges", "api_calls", EDGES_SELECT)
+VIEWS = [CALL_LATENCY_MV, CALL_LATENCY_HOURLY_MV, CALL_LATENCY_DST_MV, CALL_EDGES_MV]
+
+
+def create_view_sql(view: View, cluster: str | None = None) -> str:
+    """CREATE MATERIALIZED VIEW ... TO; on a cluster the view runs on each shard's local tables."""
+    suffix = LOCAL_SUFFIX if cluster else ""
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    select = fill_select(view.select, view.source + suffix, "1").strip()
+    head = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view.name}{on_cluster} TO {view.target}{suffix}"
+    return f"{head}\nAS {select}"
+
 
 DISSECT_STATE = Table(
     name="dissect_state",
@@ -514,6 +864,10 @@ TABLES: list[Table] = [
     FLOWS,
     WORKLOADS,
     API_CALLS,
+    CALL_LATENCY,
+    CALL_LATENCY_HOURLY,
+    CALL_LATENCY_DST,
+    CALL_EDGES,
     DISSECT_STATE,
     IMPORTS,
     SNAPSHOTS,
@@ -569,4 +923,5 @@ def schema_statements(ttl_seconds: int = DEFAULT_TTL_SECONDS, cluster: str | Non
         statements.append(create_table_sql(table, ttl_seconds, cluster))
         if cluster:
             statements.append(create_distributed_sql(table, cluster))
+    statements += [create_view_sql(view, cluster) for view in VIEWS]
     return statements

@@ -322,7 +322,8 @@ class HttpSession:
         else:
             version, _, rest = first.partition(" ")
             code, _, reason = rest.partition(" ")
-            if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit():
+            # isascii: str.isdigit() also takes '²' or '٣', which int() then refuses (fuzz/http1)
+            if not version.startswith("HTTP/") or len(code) != 3 or not (code.isascii() and code.isdigit()):
                 raise ParseError(f"bad status line {first[:60]!r}")
             msg.version, msg.status, msg.reason = version, int(code), reason.strip()
         # The header lines in one C-level pass; the careful loop only when something is unusual

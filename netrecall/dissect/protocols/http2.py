@@ -970,7 +970,7 @@ def _speaks_first(buf: bytearray | bytes, start: int) -> str:
             return "resp"
         if ftype == HEADERS and nxt > at + 9:
             first = at + 9 + (1 if flags & PADDED else 0) + (5 if flags & PRIORITY_FLAG else 0)
-            if first < nxt:
+            if first < min(nxt, len(buf)):  # the frame may run past what is buffered (fuzz/http2)
                 return _first_field(buf[first])
         at = nxt
     return ""

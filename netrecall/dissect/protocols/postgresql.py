@@ -28,7 +28,7 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from netrecall.dissect.calls import Context, call_id
+from netrecall.dissect.calls import Context, call_id, call_id_in, id_prefix
 from netrecall.dissect.protocols.base import MORE, NO, ParseError
 
 if TYPE_CHECKING:
@@ -182,6 +182,14 @@ class PostgresSession:
         self.encryption: Pending | None = None  # an SSLRequest/GSSENCRequest waiting for its 1-byte answer
         self.answers_expected = 0  # 1-byte answers the backend owes (one per encryption request)
         self.last_query: Pending | None = None  # where CopyData from the client goes
+        # fixed for the connection: the row's endpoints, and the id prefix of a call the client started
+        # (index True) or of a server message nothing asked for (index False)
+        self.ends = conn.call(NAME, client, 0)
+        del self.ends["ts"]
+        self.id_prefixes = (
+            id_prefix(NAME, conn.flow_id, conn.port[1 - client]),
+            id_prefix(NAME, conn.flow_id, conn.port[client]),
+        )
 
     # --- session contract -------------------------------------------------------------------------------
     def feed(self, side: int) -> None:
@@ -223,12 +231,57 @@ class PostgresSession:
         buf = half.buf
         pos = 0
         n = len(buf)
+        backend = d is self.backend
+        types = BACKEND_TYPES if backend else FRONTEND_TYPES
+        base = half.base
+        seg_off, seg_ts = half.seg_off, half.seg_ts
+        last_seg = len(seg_off) - 1
+        si = 0  # segment holding the byte being looked at: offsets only grow here, so a cursor, no bisect
+        unpack = _INT32.unpack_from
+        seq0 = half.seq0
         while pos < n:
             state = d.state
-            if state == OPAQUE:
-                pos = n
-                break
             try:
+                if state == TYPED and not (backend and self.answers_expected):
+                    # the hot path, inlined: one typed message (type byte, length, body)
+                    if n - pos < 5:
+                        break
+                    type_byte = buf[pos]
+                    length = unpack(buf, pos + 1)[0]
+                    if type_byte not in types:
+                        raise ParseError(f"unknown message type {bytes(buf[pos : pos + 1])!r}")
+                    if length < 4 or length > MAX_MESSAGE:
+                        raise ParseError(f"message length {length}")
+                    end = pos + 1 + length
+                    if end > n:
+                        break
+                    if backend and type_byte in _JUST_COUNTED and self.pending and not d.skipped:
+                        # rows and status messages of an answer already under way only add to its size
+                        head = self.pending[0]
+                        if head.reply_ts:
+                            head.reply_size += 1 + length
+                            if type_byte == 0x64:
+                                head.copy_out += length - 4
+                            pos = end
+                            continue
+                    if last_seg < 0:
+                        ts = last_ts = half.last_ts
+                    else:
+                        offset = base + pos
+                        while si < last_seg and seg_off[si + 1] <= offset:
+                            si += 1
+                        ts = seg_ts[si]
+                        offset = base + end - 1
+                        while si < last_seg and seg_off[si + 1] <= offset:
+                            si += 1
+                        last_ts = seg_ts[si]
+                    seq = (seq0 + base + pos) & 0xFFFFFFFF  # half.seq_at, inlined
+                    handle(d, type_byte, bytes(buf[pos + 5 : end]), ts, seq, 1 + length, last_ts)
+                    pos = end
+                    continue
+                if state == OPAQUE:
+                    pos = n
+                    break
                 if state == RESYNC:
                     found = self._resync(d, pos)
                     if found < 0:
@@ -237,9 +290,9 @@ class PostgresSession:
                     pos = found
                     d.state = TYPED
                     continue
-                if d is self.backend and self.answers_expected and buf[pos] in b"SNG":
+                if backend and self.answers_expected and buf[pos] in b"SNG":
                     self.answers_expected -= 1
-                    self._encryption_answer(buf[pos], half.ts_at(half.base + pos))
+                    self._encryption_answer(buf[pos], half.ts_at(base + pos))
                     pos += 1
                     continue
                 if state == STARTUP:
@@ -247,7 +300,7 @@ class PostgresSession:
                 else:
                     end = self._typed_message(d, buf, pos, handle)
             except ParseError as exc:
-                self._broken(d, str(exc), half.base + pos)
+                self._broken(d, str(exc), base + pos)
                 d.state = RESYNC
                 d.skipped = True
                 pos += 1
@@ -265,6 +318,7 @@ class PostgresSession:
         return _find_boundary(buf, pos, types, len(buf))
 
     def _typed_message(self, d: _Direction, buf: bytearray, pos: int, handle: Any) -> int | None:
+        """One typed message off the hot path (the backend owes a 1-byte encryption answer meanwhile)."""
         if len(buf) - pos < 5:
             return None
         type_byte = buf[pos]
@@ -277,14 +331,6 @@ class PostgresSession:
         end = pos + 1 + length
         if end > len(buf):
             return None
-        if type_byte in _JUST_COUNTED and d is self.backend and self.pending and not d.skipped:
-            # rows and status messages of an answer already under way only add to its size: the hot path
-            head = self.pending[0]
-            if head.reply_ts:
-                head.reply_size += 1 + length
-                if type_byte == 0x64:
-                    head.copy_out += length - 4
-                return end
         half = d.half
         offset = half.base + pos
         body = bytes(buf[pos + 5 : end])
@@ -507,25 +553,27 @@ class PostgresSession:
 
     # --- output -----------------------------------------------------------------------------------------
     def _emit(self, item: Pending, has_request: bool = True) -> None:
-        conn = self.conn
-        call = conn.call(NAME, self.client, item.ts)
-        port = conn.port[self.client] if has_request else conn.port[1 - self.client]
-        call.update(
-            id=call_id(NAME, conn.flow_id, port, item.seq, item.ts),
-            method=item.kind,
-            path=item.sql,
-            db_user=self.user,
-            db_name=self.database,
-            request_body_size=item.size,
-            response_body_size=item.reply_size,
-            has_response=bool(item.reply_ts),
-            elapsed_time=max(0, item.reply_ts - item.ts) // 1000 if item.reply_ts and has_request else 0,
-            command_tag="; ".join(item.tags),
-            result_rows=item.rows,
-            partial=item.partial,
-            first_packet_ts=item.ts,
-            last_packet_ts=max(item.last_ts, item.ts),
-        )
+        ts = item.ts
+        reply_ts = item.reply_ts
+        last_ts = item.last_ts
+        call = {
+            **self.ends,
+            "ts": ts,
+            "id": call_id_in(self.id_prefixes[has_request], item.seq, ts),
+            "method": item.kind,
+            "path": item.sql,
+            "db_user": self.user,
+            "db_name": self.database,
+            "request_body_size": item.size,
+            "response_body_size": item.reply_size,
+            "has_response": bool(reply_ts),
+            "elapsed_time": max(0, reply_ts - ts) // 1000 if reply_ts and has_request else 0,
+            "command_tag": "; ".join(item.tags),
+            "result_rows": item.rows,
+            "partial": item.partial,
+            "first_packet_ts": ts,
+            "last_packet_ts": last_ts if last_ts > ts else ts,
+        }
         if item.sqlstate or item.error:
             call.update(
                 status_code=1, error_code=item.sqlstate, status_message=item.error, status_text=item.severity
@@ -606,9 +654,10 @@ class PostgresDissector:
             client = 0 if conn.port[1] == PORT else 1
             if halves[client].buf and verdicts[client] == "no":
                 return client  # not a startup packet on the PostgreSQL port: dissected, and flagged
-        if any(half.buf and verdict == "more" for half, verdict in zip(halves, verdicts, strict=True)):
+        a, b = halves
+        if (a.buf and verdicts[0] == "more") or (b.buf and verdicts[1] == "more"):
             return MORE  # the first 8 bytes are not all here yet
-        return NO if any(half.buf for half in halves) else MORE
+        return NO if a.buf or b.buf else MORE
 
     def session(self, conn: TcpConn, client: int) -> Any:
         return PostgresSession(conn, client)

@@ -24,7 +24,7 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from netrecall.dissect.calls import Call, Context, call_id
+from netrecall.dissect.calls import Call, Context, call_id, call_id_in, id_prefix
 from netrecall.dissect.protocols.base import MORE, NO, ParseError
 
 if TYPE_CHECKING:
@@ -175,6 +175,36 @@ def _aggregate(buf: bytearray, start: int, top_type: int) -> Reply | None:
         if eol < 0:
             return None
         depth = len(remaining)
+        if type_byte == 36 and (depth > 2 or len(head) >= 3):
+            # a bulk string whose text is not kept, and the ones that follow it at this level (the
+            # elements of an LRANGE or HGETALL reply): skipped in a tight loop, the checks inlined
+            left = remaining[-1] + 1
+            while True:
+                try:
+                    size = int(buf[pos + 1 : eol])
+                except ValueError:
+                    raise ParseError(f"bad length {bytes(buf[pos : min(eol, pos + 20)])!r}") from None
+                left -= 1
+                if size < 0:
+                    pos = eol + 2
+                else:
+                    end = eol + 4 + size
+                    if end > n:
+                        if size > MAX_BULK:
+                            raise ParseError(f"bulk string of {size} bytes")
+                        return None
+                    if buf[end - 2] != 13 or buf[end - 1] != 10:
+                        raise ParseError("bulk string not followed by CRLF")
+                    pos = end
+                if not left or pos >= n or buf[pos] != 36:
+                    break
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    remaining[-1] = left  # the next element's line is not all here
+                    _line(buf, pos)  # raises when it is too long to be one
+                    return None
+            remaining[-1] = left
+            continue
         if type_byte in _AGGREGATE:
             count = _length(buf, pos, eol)
             pos = eol + 2
@@ -300,8 +330,8 @@ def parse_command(buf: bytearray, pos: int) -> tuple[int, list[bytes], int] | No
             return None
         if buf[end] != 13 or buf[end + 1] != 10:
             raise ParseError("bulk argument not followed by CRLF")
-        if index < 4:
-            args.append(bytes(buf[eol + 2 : min(end, eol + 2 + KEEP)]))
+        if index < 4:  # a bytearray slice: one copy, and it compares, decodes and joins as bytes do
+            args.append(buf[eol + 2 : end if size <= KEEP else eol + 2 + KEEP])
         pos = end + 2
     return pos, args, count
 
@@ -332,14 +362,19 @@ def _short_form(name: str, args: list[bytes], nargs: int) -> tuple[bytes, bool]:
     Only the first four words are ever kept (parse_command drops the rest), so a password further on
     is never stored; the ones that can fall within them are replaced here."""
     words = [name.encode(), *args[1:]]
-    secret = _secret_index(name, [word.upper() for word in words])
     more = nargs > len(words)
-    if secret is not None and secret < len(words):
-        words = [*words[:secret], REDACTED.encode()]
-    parts = [word if len(word) <= 64 else word[:64] + b"..." for word in words]
+    if name in _SECRET_COMMANDS:
+        secret = _secret_index(name, [word.upper() for word in words])
+        if secret is not None and secret < len(words):
+            words = [*words[:secret], REDACTED.encode()]
+    long = max(map(len, words)) > 64
+    parts = [word if len(word) <= 64 else word[:64] + b"..." for word in words] if long else words
     line = b" ".join(parts) + (b" ..." if more else b"")
-    cut = more or any(len(word) > 64 for word in words) or len(line) > KEEP
+    cut = more or long or len(line) > KEEP
     return line[:KEEP], cut
+
+
+_SECRET_COMMANDS = frozenset(("AUTH", "HELLO", "MIGRATE", "CONFIG", "ACL"))  # where _secret_index looks
 
 
 class _Direction:
@@ -367,6 +402,10 @@ class RedisSession:
         self.subscriptions: tuple[set[bytes], set[bytes], set[bytes]] = (set(), set(), set())
         self.reply_mode = "ON"  # CLIENT REPLY: ON, OFF, or SKIP (the next command only)
         self.resync_after_ts = 0  # replies in packets older than this answer commands not captured
+        # fixed for the connection: the row's endpoints and the id prefix of the client's commands
+        self.ends = conn.call(NAME, client, 0)
+        del self.ends["ts"]
+        self.id_prefix = id_prefix(NAME, conn.flow_id, conn.port[client])
 
     # --- session contract -------------------------------------------------------------------------------
     def feed(self, side: int) -> None:
@@ -405,6 +444,10 @@ class RedisSession:
         buf = half.buf
         pos = 0
         n = len(buf)
+        base = half.base
+        seg_off, seg_ts = half.seg_off, half.seg_ts
+        last_seg = len(seg_off) - 1
+        si = 0  # segment holding the byte being looked at: offsets only grow here, so a cursor, no bisect
         try:
             while pos < n and not d.broken:
                 if d.resync:
@@ -424,24 +467,36 @@ class RedisSession:
                     break
                 end, args, nargs = parsed
                 if args:
-                    self._command(d, pos, end, args, nargs)
+                    if last_seg < 0:
+                        ts = last_ts = half.last_ts
+                    else:
+                        offset = base + pos
+                        while si < last_seg and seg_off[si + 1] <= offset:
+                            si += 1
+                        ts = seg_ts[si]
+                        offset = base + end - 1
+                        while si < last_seg and seg_off[si + 1] <= offset:
+                            si += 1
+                        last_ts = seg_ts[si]
+                    self._command(d, pos, end, args, nargs, ts, last_ts)
                 pos = end
         except ParseError as exc:
             self._broken(d, str(exc), half.base + pos)
             d.broken = True
         half.consume(n if d.broken else pos)
 
-    def _command(self, d: _Direction, pos: int, end: int, args: list[bytes], nargs: int) -> None:
+    def _command(
+        self, d: _Direction, pos: int, end: int, args: list[bytes], nargs: int, ts: int, last_ts: int
+    ) -> None:
+        """A whole command at pos..end; ts and last_ts: capture times of its first and last bytes."""
         half = d.half
-        offset = half.base + pos
         name = args[0].decode("latin-1").upper()
-        cmd = Command(name, args, nargs, end - pos, half.ts_at(offset), half.seq_at(offset))
-        cmd.last_ts = half.ts_at(half.base + end - 1)
+        cmd = Command(name, args, nargs, end - pos, ts, (half.seq0 + half.base + pos) & 0xFFFFFFFF)
+        cmd.last_ts = last_ts
         cmd.partial = d.skipped
         d.skipped = False
         if not self.pending and self.replies.resync and not self.resync_after_ts:
             self.resync_after_ts = cmd.ts
-        sub = args[1].upper() if len(args) > 1 else b""
         if name in ("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"):
             cmd.expect = max(1, nargs - 1)
         elif name in ("UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"):
@@ -451,7 +506,7 @@ class RedisSession:
             cmd.no_reply = True
             if self.reply_mode == "SKIP":
                 self.reply_mode = "ON"
-        if name == "CLIENT" and sub == b"REPLY" and len(args) > 2:
+        if name == "CLIENT" and len(args) > 2 and args[1].upper() == b"REPLY":
             mode = args[2].upper().decode("latin-1")
             if mode in ("OFF", "SKIP"):
                 cmd.no_reply = True  # not even this command is answered
@@ -470,6 +525,10 @@ class RedisSession:
         half = d.half
         buf = half.buf
         pos = 0
+        base = half.base
+        seg_off, seg_ts = half.seg_off, half.seg_ts
+        last_seg = len(seg_off) - 1
+        si = 0  # segment holding the byte being looked at: offsets only grow here, so a cursor, no bisect
         while pos < len(buf) and not d.broken:
             if d.resync:
                 pos = self._resync_replies(d, pos)
@@ -486,7 +545,18 @@ class RedisSession:
                 continue
             if reply is None:
                 break
-            self._reply(d, buf, reply)
+            if last_seg < 0:
+                ts = last_ts = half.last_ts
+            else:
+                offset = base + pos
+                while si < last_seg and seg_off[si + 1] <= offset:
+                    si += 1
+                ts = seg_ts[si]
+                offset = base + reply.end - 1
+                while si < last_seg and seg_off[si + 1] <= offset:
+                    si += 1
+                last_ts = seg_ts[si]
+            self._reply(d, buf, reply, ts, last_ts)
             pos = reply.end
         half.consume(len(buf) if d.broken else pos)
 
@@ -507,8 +577,8 @@ class RedisSession:
         d.skipped = True
         return len(half.buf)
 
-    def _reply(self, d: _Direction, buf: bytearray, reply: Reply) -> None:
-        half = d.half
+    def _reply(self, d: _Direction, buf: bytearray, reply: Reply, ts: int, last_ts: int) -> None:
+        """A whole server message; ts and last_ts: capture times of its first and last bytes."""
         head = reply.head
         kind = head[0].lower() if head else b""
         if kind in SUBSCRIBE_KINDS and reply.type_byte in (42, 62) and len(head) >= 2:
@@ -529,9 +599,8 @@ class RedisSession:
         if cmd is None:
             self._orphan(d, buf, reply)
             return
-        offset = half.base + reply.start
         if not cmd.replies:
-            cmd.reply_ts = half.ts_at(offset)
+            cmd.reply_ts = ts
             cmd.reply_type = reply.kind
             cmd.reply_body = bytes(buf[reply.start : min(reply.end, reply.start + KEEP)])
             if reply.type_byte in (45, 33):
@@ -539,7 +608,7 @@ class RedisSession:
                 cmd.text = reply.text
         cmd.replies += 1
         cmd.reply_size += reply.end - reply.start
-        cmd.last_ts = half.ts_at(half.base + reply.end - 1)
+        cmd.last_ts = last_ts
         if d.skipped:
             cmd.partial = True
             d.skipped = False
@@ -555,34 +624,35 @@ class RedisSession:
 
     # --- output -----------------------------------------------------------------------------------------
     def _emit(self, cmd: Command) -> None:
-        conn = self.conn
-        call = conn.call(NAME, self.client, cmd.ts)
         name = cmd.name
-        short, cut = _short_form(name, cmd.args, cmd.nargs)
-        key = cmd.args[1] if name in KEY_COMMANDS and len(cmd.args) > 1 else b""
-        call.update(
-            id=call_id(NAME, conn.flow_id, conn.port[self.client], cmd.seq, cmd.ts),
-            method=name,
-            path=key.decode("utf-8", "replace"),
-            request_body_size=cmd.size,
-            request_body=short,
-            request_body_truncated=cut,
-            request_messages=1,
-            first_packet_ts=cmd.first_ts,
-            last_packet_ts=cmd.last_ts,
-            partial=cmd.partial,
-        )
+        args = cmd.args
+        short, cut = _short_form(name, args, cmd.nargs)
+        key = args[1] if name in KEY_COMMANDS and len(args) > 1 else b""
+        ts = cmd.ts
+        call = {
+            **self.ends,
+            "ts": ts,
+            "id": call_id_in(self.id_prefix, cmd.seq, ts),
+            "method": name,
+            "path": key.decode("utf-8", "replace"),
+            "request_body_size": cmd.size,
+            "request_body": short,
+            "request_body_truncated": cut,
+            "request_messages": 1,
+            "first_packet_ts": cmd.first_ts,
+            "last_packet_ts": cmd.last_ts,
+            "partial": cmd.partial,
+        }
         if cmd.replies:
-            call.update(
-                has_response=True,
-                elapsed_time=max(0, cmd.reply_ts - cmd.ts) // 1000,
-                status_code=1 if cmd.error else 0,
-                redis_type=cmd.reply_type,
-                response_body_size=cmd.reply_size,
-                response_body=cmd.reply_body,
-                response_body_truncated=cmd.reply_size > len(cmd.reply_body),
-                response_messages=cmd.replies,
-            )
+            body = cmd.reply_body
+            call["has_response"] = True
+            call["elapsed_time"] = max(0, cmd.reply_ts - ts) // 1000
+            call["status_code"] = 1 if cmd.error else 0
+            call["redis_type"] = cmd.reply_type
+            call["response_body_size"] = cmd.reply_size
+            call["response_body"] = body
+            call["response_body_truncated"] = cmd.reply_size > len(body)
+            call["response_messages"] = cmd.replies
             if cmd.error:
                 _set_error(call, cmd.text)
         elif cmd.no_reply:

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from sqlglot import exp
+
 from netrecall.errors import NetrecallError
 from netrecall.query.bounds import (
     covering_bounds,
@@ -21,12 +23,21 @@ from netrecall.query.bounds import (
     source_table,
 )
 from netrecall.query.calls import COMPACT_COLUMNS, compact_call
-from netrecall.query.kfl import compile_filter
+from netrecall.query.kfl import KflFilter, compile_filter
+from netrecall.query.latency import bucket_percentile_ms
 from netrecall.query.rca import FAILED, who
+from netrecall.schema.tables import (
+    CALL_EDGES,
+    EDGE_BUCKET_COLUMNS,
+    EDGE_BUCKETS_MS,
+    EDGE_FILTER_COLUMNS,
+    latency_bucket_counts,
+)
 from netrecall.store import Store
 from netrecall.timeutil import format_time_ns
 
 MAX_PAGE = 500
+NS_PER_MINUTE = 60_000_000_000
 COUNT_CAP = 10_000  # the page says "10,000+" past this: an exact count is a full filtered scan
 _CURSOR = re.compile(r"^(\d{1,20})\.(.{1,200})$")
 PAGE_COLUMNS = f"{COMPACT_COLUMNS}, src_workload, dst_workload, request_body_size, response_body_size"
@@ -52,10 +63,15 @@ class Cursor:
         return f"{self.ts_ns}.{self.call_id}"
 
 
-def _matches(kfl: str, snapshot_condition: str) -> tuple[str, dict[str, Any]]:
+def _compiled(kfl: str) -> KflFilter:
     compiled = compile_filter(kfl or "", "api_calls")
     if compiled.table != "api_calls":
         raise NetrecallError("this filter selects L4 flows (conn/flow fields), not API calls")
+    return compiled
+
+
+def _matches(kfl: str, snapshot_condition: str) -> tuple[str, dict[str, Any]]:
+    compiled = _compiled(kfl)
     return f"{snapshot_condition} AND ({compiled.where})", dict(compiled.params)
 
 
@@ -213,7 +229,8 @@ def _columns(group: str) -> list[str]:
 
 
 def _anys(group: str) -> str:
-    """One value per edge end of each identity column the grouping kept ('' for the others)."""
+    """One value per edge end of each identity column the grouping kept ('' for the others): the largest,
+    so the same edge reads the same whichever rows (per-minute edges or calls) it was summed from."""
     kept = set(_columns(group))
     out = []
     for s in ("src", "dst"):
@@ -225,8 +242,52 @@ def _anys(group: str) -> str:
             ("node", "nd"),
         ):
             name = f"{s}_{column}"
-            out.append(f"any({name}) AS {s}_{alias}" if name in kept else f"'' AS {s}_{alias}")
+            out.append(f"max({name}) AS {s}_{alias}" if name in kept else f"'' AS {s}_{alias}")
     return ", ".join(out)
+
+
+def _edge_rows(group: str, source: str, where: str) -> str:
+    """One part of the map's input (UNION ALL): per group of the grouping's own keys (see _keys), the
+    identity columns its name needs, calls, errors, the slowest answer and the latency buckets, summed from
+    the calls themselves or from the per-minute call_edges (whose keys are finer than any grouping's, and
+    whose pod and IP are exact wherever a name falls back to them)."""
+    columns = [c for c in _columns(group) if not c.endswith("_fallback")]
+    parts = [(s, *_keys(group, s)) for s in ("src", "dst")]
+    inner = ", ".join(
+        f"{expr} AS {s}_{name}_k" for s, keys, picks in parts for name, expr in {**keys, **picks}.items()
+    )
+    if source == CALL_EDGES.name:
+        measures = ", ".join(
+            ["sum(calls) AS calls", "sum(errors) AS errors", "max(max_us) AS top_us"]
+            + [f"sum({c}) AS {c}_" for c in EDGE_BUCKET_COLUMNS]
+        )
+    else:
+        measures = ", ".join(
+            [
+                "count() AS calls",
+                f"countIf({FAILED}) AS errors",
+                "maxIf(elapsed_time, has_response) AS top_us",
+            ]
+            + [f"{count}_" for count in latency_bucket_counts(EDGE_BUCKETS_MS, EDGE_BUCKET_COLUMNS)]
+        )
+    buckets = ", ".join(f"{c}_ AS {c}" for c in EDGE_BUCKET_COLUMNS)
+    return f"""
+        SELECT {", ".join(f"{c}_k AS {c}" for c in columns)}, calls, errors, top_us AS max_us, {buckets},
+               protocols
+        FROM (
+            SELECT {inner}, {measures}, groupUniqArray(4)(protocol) AS protocols
+            FROM {source}
+            WHERE {where}
+            GROUP BY ALL
+        )"""
+
+
+def edges_can_filter(compiled: KflFilter) -> bool:
+    """Whether a compiled KFL filter reads only columns call_edges keeps as they are in api_calls (either
+    end's namespace, workload, service, node, and the protocol): it then runs on the per-minute edges."""
+    if compiled.expression is None:
+        return compiled.where == "1"
+    return all(column.name in EDGE_FILTER_COLUMNS for column in compiled.expression.find_all(exp.Column))
 
 
 def service_map(
@@ -241,40 +302,47 @@ def service_map(
     """Workloads (grouped by namespace, workload or node) as nodes, observed calls as edges with RED:
     request rate, error rate (the protocols' own failure rule, as summarize_errors counts), p50/p99 latency.
 
-    Aggregated in two levels: first by the raw (LowCardinality) identity columns, which is cheap on
-    millions of rows, then by the display name, merging the latency quantile states."""
+    The whole minutes of the window come from call_edges (per-minute RED per identity edge, kept by a
+    view over api_calls) when the filter reads only columns it keeps (edges_can_filter); the ragged
+    minutes at the window's ends, a snapshot and any other filter are aggregated from the calls
+    themselves, by the raw (LowCardinality) identity columns the grouping needs. Then one level by the
+    display name, summing calls, errors and latency buckets: both paths count alike. p50/p99 come from the
+    buckets (EDGE_BUCKETS_MS), interpolated as `netrecall latency` does."""
     if group not in GROUPS:
         raise NetrecallError(f"group must be one of {', '.join(GROUPS)}")
     table, condition, params = source_table(store, "api_calls", snapshot)
-    matches, kfl_params = _matches(kfl, condition)
+    compiled = _compiled(kfl)
     window = _window(store, since_ns, until_ns, snapshot)
     if window is None:
         return {"nodes": [], "edges": [], "group": group, "seconds": 0}
     since, until = window
-    params = {**params, **kfl_params, "p_since": int(since), "p_until": int(until), "lim": int(limit)}
-    parts = [(s, *_keys(group, s)) for s in ("src", "dst")]
-    inner = ", ".join(
-        f"{expr} AS {s}_{name}_k" for s, keys, picks in parts for name, expr in {**keys, **picks}.items()
-    )
-    renamed = ", ".join(f"{c}_k AS {c}" for c in _columns(group))
+    params = {**params, **compiled.params, "lim": int(limit)}
+    raw = [(since, until + 1)]  # [from, to) in ns: the window's end is inclusive
+    sources = []
+    first = -(-since // NS_PER_MINUTE) * NS_PER_MINUTE  # the first whole minute
+    last = (until + 1) // NS_PER_MINUTE * NS_PER_MINUTE
+    fast = snapshot is None and last > first and edges_can_filter(compiled)
+    if fast:
+        params.update(m0=first // 10**9, m1=last // 10**9)
+        minutes = "minute >= toDateTime({m0:Int64}) AND minute < toDateTime({m1:Int64})"
+        sources.append(_edge_rows(group, CALL_EDGES.name, f"{minutes} AND ({compiled.where})"))
+        raw = [piece for piece in ((since, first), (last, until + 1)) if piece[1] > piece[0]]
+    for index, (lo, hi) in enumerate(raw):
+        params.update({f"r{index}_lo": int(lo), f"r{index}_hi": int(hi)})
+        where = (
+            f"ts >= fromUnixTimestamp64Nano({{r{index}_lo:Int64}}) "
+            f"AND ts < fromUnixTimestamp64Nano({{r{index}_hi:Int64}}) AND {condition} AND ({compiled.where})"
+        )
+        sources.append(_edge_rows(group, table, where))
     sql = f"""
         SELECT {_node_key(group, "src")} AS src, {_node_key(group, "dst")} AS dst,
                {_anys(group)},
-               sum(calls) AS calls, sum(errors) AS errors,
-               quantilesMerge(0.5, 0.99)(latency) AS q, groupUniqArrayArray(4)(protocols) AS protocols
-        FROM (
-          SELECT *, {renamed} FROM (
-            SELECT {inner}, count() AS calls, countIf({FAILED}) AS errors,
-                   quantilesState(0.5, 0.99)(elapsed_time) AS latency,
-                   groupUniqArray(4)(protocol) AS protocols
-            FROM {table}
-            WHERE ts >= fromUnixTimestamp64Nano({{p_since:Int64}})
-              AND ts <= fromUnixTimestamp64Nano({{p_until:Int64}}) AND {matches}
-            GROUP BY ALL
-          )
-        )
+               sum(calls) AS calls, sum(errors) AS errors, max(max_us) AS top_us,
+               [{", ".join(f"sum({c})" for c in EDGE_BUCKET_COLUMNS)}] AS buckets,
+               groupUniqArrayArray(4)(protocols) AS protocols
+        FROM ({" UNION ALL ".join(sources)})
         GROUP BY src, dst
-        ORDER BY calls DESC
+        ORDER BY calls DESC, src, dst
         LIMIT {{lim:UInt32}}
     """
     rows = store.dicts(sql, params)
@@ -292,7 +360,7 @@ def service_map(
             if side == "dst":
                 node["errors_in"] += int(r["errors"])
         calls, errors = int(r["calls"]), int(r["errors"])
-        p50, p99 = (float(v) for v in r["q"])
+        buckets, top = [int(n) for n in r["buckets"]], int(r["top_us"])
         edges.append(
             {
                 "src": r["src"],
@@ -301,8 +369,9 @@ def service_map(
                 "rate": round(calls / seconds, 3),
                 "errors": errors,
                 "error_rate": round(errors / calls, 4) if calls else 0.0,
-                "p50_ms": round(p50 / 1000, 3),
-                "p99_ms": round(p99 / 1000, 3),
+                # from the buckets, as `netrecall latency` does (None: no call of the edge was answered)
+                "p50_ms": bucket_percentile_ms(buckets, EDGE_BUCKETS_MS, top, 0.5),
+                "p99_ms": bucket_percentile_ms(buckets, EDGE_BUCKETS_MS, top, 0.99),
                 "protocols": sorted(r["protocols"]),
                 "kfl": " && ".join(
                     [_side_kfl(group, "src", r, r["src"]), _side_kfl(group, "dst", r, r["dst"])]
@@ -317,6 +386,7 @@ def service_map(
         "nodes": sorted(nodes.values(), key=lambda n: (n["namespace"], n["id"])),
         "edges": edges,
         "truncated": len(rows) >= limit,
+        "source": "call_edges" if fast else "api_calls",  # which table the whole minutes came from
     }
 
 
