@@ -1007,8 +1007,8 @@ class Http2Dissector:
         waiting = False
         for side, half in enumerate(halves):
             buf = half.buf
-            if not buf:
-                continue
+            if not buf or (conn.client is not None and side != conn.client):
+                continue  # the preface is the client's: a server (known by the SYN) sending it is not h2
             if buf[: len(PREFACE)] == PREFACE:
                 return side
             if len(buf) < len(PREFACE) and PREFACE.startswith(bytes(buf)):
