@@ -46,9 +46,9 @@ def _size_worker(workdir: str) -> None:
     from mcp import Client
 
     import netrecall.demo
-    from netrecall.agent.identity import IdentityResolver
     from netrecall.dissect.runner import dissect
     from netrecall.hub.service import Service
+    from netrecall.ingest.identity import IdentityResolver
     from netrecall.ingest.importer import import_files
     from netrecall.mcp.server import build_server
     from netrecall.schema.migrate import ensure_schema

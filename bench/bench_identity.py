@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from bench.common import print_table, verdict
-from netrecall.agent.identity import IdentityResolver
+from netrecall.ingest.identity import IdentityResolver
 
 ROWS = 1_000_000
 TARGET_SECONDS = 0.5

@@ -143,8 +143,8 @@ def _tshark_sizes() -> tuple[int, int, int] | None:
         return None
     conv = subprocess.run(["tshark", "-n", "-q", "-r", str(pcap), "-z", "conv,tcp"], capture_output=True)
     expert = subprocess.run(["tshark", "-n", "-q", "-r", str(pcap), "-z", "expert,note"], capture_output=True)
-    from netrecall.agent.identity import IdentityResolver
     from netrecall.dissect.runner import dissect
+    from netrecall.ingest.identity import IdentityResolver
     from netrecall.ingest.importer import import_files
     from netrecall.mcp.server import compact
     from netrecall.query.l4 import l4_flows

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from netrecall.agent.identity import IdentityResolver
 from netrecall.agent.kube import KubeWatcher
+from netrecall.ingest.identity import IdentityResolver
 from tests.agent_helpers import Proc, agent_cmd, dump_store, http_traffic, two_pod_lab
 from tests.kubeapi import pod_manifest, set_pod_running, start_kube_api
 from tests.netlab import NetLab

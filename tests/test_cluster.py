@@ -27,9 +27,9 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from netrecall.agent.identity import IdentityResolver
 from netrecall.demo import DEMO_INVENTORY, DEMO_NODE, DEMO_PCAP
 from netrecall.dissect.runner import dissect
+from netrecall.ingest.identity import IdentityResolver
 from netrecall.ingest.importer import import_files
 from netrecall.schema.migrate import SCHEMA_VERSION, ensure_schema, stored_version
 from netrecall.schema.retention import apply_retention

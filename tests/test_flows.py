@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from netrecall.agent.identity import IdentityResolver
 from netrecall.demo import DEMO_INVENTORY, DEMO_PCAP
 from netrecall.ingest.capture_file import CaptureReader
 from netrecall.ingest.decode import decode_frames
 from netrecall.ingest.flows import insert_packets
+from netrecall.ingest.identity import IdentityResolver
 from netrecall.schema.tables import FLOWS, FLOWS_SELECT
 from netrecall.store import Store
 from tests.conftest import CAPTURES, DPKT_EXAMPLES

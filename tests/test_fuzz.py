@@ -16,8 +16,9 @@ import pytest
 
 from netrecall.errors import NetrecallError
 from netrecall.hub.ingest import RecentTokens, ingest, prepare, read_batch
-from netrecall.ingest.capture_file import CaptureReader, FrameChunk
+from netrecall.ingest.capture_file import CaptureReader
 from netrecall.ingest.decode import decode_frames
+from netrecall.ingest.frames import FrameChunk
 from netrecall.store import Store
 from tests.conftest import CAPTURES
 from tests.fuzz.harness import INSTRUMENT

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from netrecall.agent.identity import IdentityResolver
 from netrecall.demo import DEMO_INVENTORY, DEMO_NODE, DEMO_PCAP
 from netrecall.dissect.runner import dissect
+from netrecall.ingest.identity import IdentityResolver
 from netrecall.ingest.importer import import_files
 from netrecall.schema.migrate import ensure_schema
 from netrecall.store import Store, open_store

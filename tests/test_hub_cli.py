@@ -103,10 +103,10 @@ def test_second_opener_is_told_the_hubs_url(hub):
 def test_agent_hubsink_batches_are_stored_once(hub):
     """The agent's own sink against the hub: a retried batch (same token) is stored and counted once."""
     from netrecall.agent.batcher import Batch
-    from netrecall.agent.identity import IdentityResolver
     from netrecall.agent.sink import HubSink
     from netrecall.demo import __file__ as demo_init
     from netrecall.hub.client import HubClient
+    from netrecall.ingest.identity import IdentityResolver
 
     sink = HubSink(hub.url, TOKEN)
     batch = Batch("packets", packets_batch(node="node-agent"))

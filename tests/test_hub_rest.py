@@ -386,8 +386,8 @@ def test_same_answers_on_a_clickhouse_server(any_store, tmp_path):
 
 
 def test_workloads_now_and_at_a_time(store, service):
-    from netrecall.agent.identity import IdentityResolver
     from netrecall.demo import __file__ as demo_init
+    from netrecall.ingest.identity import IdentityResolver
 
     rows = IdentityResolver.from_inventory(str(Path(demo_init).parent / "inventory.json")).workload_rows()
     store.insert_arrow("workloads", rows)

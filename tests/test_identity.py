@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netrecall.agent.identity import OPEN_NS, IdentityResolver, ip_bytes, owner_of
 from netrecall.errors import NetrecallError
+from netrecall.ingest.identity import OPEN_NS, IdentityResolver, ip_bytes, owner_of
 from netrecall.timeutil import format_time_ns, parse_time_ns
 
 T0 = parse_time_ns("2026-03-14T22:00:00Z")

@@ -279,8 +279,8 @@ def test_partly_expired_import_is_imported_again(store) -> None:
 def test_decode_exact_data_from_gapped_and_contiguous_chunks() -> None:
     """The reader's chunks keep record headers between frames; decode_frames compacts them by default,
     and a chunk built by from_frames (the live agent's path) decodes to the same rows."""
-    from netrecall.ingest.capture_file import FrameChunk
     from netrecall.ingest.decode import decode_frames
+    from netrecall.ingest.frames import FrameChunk
 
     chunk = next(CaptureReader(CAPTURES / "multi-if.pcapng").chunks())
     assert not chunk.contiguous

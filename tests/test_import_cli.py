@@ -70,7 +70,7 @@ def test_cli_inventory_enriches_both_ends(tmp_path: Path) -> None:
 
 def test_in_process_resolver_matches_lookup(store) -> None:
     """Enrichment goes through the resolver exactly: each end's pod is what lookup() says at that time."""
-    from netrecall.agent.identity import IdentityResolver
+    from netrecall.ingest.identity import IdentityResolver
 
     resolver = IdentityResolver.from_inventory(DEMO / "inventory.json")
     import_files(store, [DEMO / "incident.pcap"], resolver=resolver)

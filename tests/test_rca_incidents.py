@@ -20,10 +20,10 @@ import anyio
 import pytest
 from mcp import Client
 
-from netrecall.agent.identity import IdentityResolver
 from netrecall.dissect.runner import dissect
 from netrecall.errors import NetrecallError
 from netrecall.hub.service import Service
+from netrecall.ingest.identity import IdentityResolver
 from netrecall.ingest.importer import import_files
 from netrecall.mcp.server import build_server, compact
 from netrecall.query import changes, l4, latency, rca

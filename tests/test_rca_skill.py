@@ -12,9 +12,9 @@ import pytest
 from mcp import Client
 
 import netrecall.demo
-from netrecall.agent.identity import IdentityResolver
 from netrecall.dissect.runner import dissect
 from netrecall.hub.service import Service
+from netrecall.ingest.identity import IdentityResolver
 from netrecall.ingest.importer import import_files
 from netrecall.mcp.server import build_server
 

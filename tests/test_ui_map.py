@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from netrecall.agent.identity import IdentityResolver
 from netrecall.demo import DEMO_INVENTORY, DEMO_NODE, DEMO_PCAP
 from netrecall.dissect.runner import dissect
 from netrecall.hub.ui.queries import GROUPS, service_map
+from netrecall.ingest.identity import IdentityResolver
 from netrecall.ingest.importer import import_files
 from netrecall.query import rca
 from netrecall.schema.migrate import BACKFILLS, ensure_schema

@@ -7,8 +7,8 @@ import json
 
 from test_identity import inventory, pod, service, ts
 
-from netrecall.agent.identity import IdentityResolver
 from netrecall.cli import main
+from netrecall.ingest.identity import IdentityResolver
 
 
 def workloads(capsys, store_url: str, *args: str) -> list[dict]:

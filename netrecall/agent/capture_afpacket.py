@@ -34,7 +34,7 @@ from netrecall.agent.ifaces import (
     parse_spec,
 )
 from netrecall.errors import NetrecallError
-from netrecall.ingest.capture_file import DIRECTION_IN, DIRECTION_OUT, FrameChunk
+from netrecall.ingest.frames import DIRECTION_IN, DIRECTION_OUT, FrameChunk
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5

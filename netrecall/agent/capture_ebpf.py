@@ -38,7 +38,7 @@ from netrecall.agent.exclude import Endpoint
 from netrecall.agent.ifaces import Interface, InterfaceWatcher, is_glob, parse_spec
 from netrecall.agent.perfbuf import PerfReader, map_update
 from netrecall.errors import NetrecallError
-from netrecall.ingest.capture_file import FrameChunk
+from netrecall.ingest.frames import FrameChunk
 
 HEADERS_CACHE = Path(os.environ.get("NETRECALL_CACHE", "/var/cache/netrecall")) / "kernel-headers"
 BPF_LINK_CREATE = 28

@@ -134,12 +134,12 @@ class Agent:
     def _open_identity(self) -> None:
         cfg = self.config
         if cfg.inventory:
-            from netrecall.agent.identity import IdentityResolver
+            from netrecall.ingest.identity import IdentityResolver
 
             self.resolver = IdentityResolver.from_inventory(cfg.inventory)
         elif cfg.kubeconfig or cfg.in_cluster:
-            from netrecall.agent.identity import IdentityResolver
             from netrecall.agent.kube import KubeWatcher
+            from netrecall.ingest.identity import IdentityResolver
 
             self.resolver = IdentityResolver(source="kube-apiserver")
             self.watcher = KubeWatcher(self.resolver, kubeconfig=cfg.kubeconfig, in_cluster=cfg.in_cluster)

@@ -43,10 +43,10 @@ def demo_command(
         from netrecall.hub.auth import check_bind, resolve_token
 
         check_bind(host, resolve_token(token, None))
-    from netrecall.agent.identity import IdentityResolver
     from netrecall.demo import DEMO_INVENTORY, DEMO_NODE, DEMO_PCAP
     from netrecall.dissect.runner import dissect
     from netrecall.ingest.digest import file_sha256
+    from netrecall.ingest.identity import IdentityResolver
     from netrecall.ingest.importer import describe, import_files
 
     for path in (DEMO_PCAP, DEMO_INVENTORY):

@@ -33,7 +33,7 @@ def import_command(
 
     resolver = None
     if inventory is not None:
-        from netrecall.agent.identity import IdentityResolver
+        from netrecall.ingest.identity import IdentityResolver
 
         resolver = IdentityResolver.from_inventory(inventory)
     store = open_cli_store(store_url)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from netrecall.ingest.capture_file import FrameChunk
+from netrecall.ingest.frames import FrameChunk
 
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1

@@ -30,10 +30,11 @@ import numpy as np
 import pyarrow as pa
 
 from netrecall.errors import NetrecallError
-from netrecall.ingest.capture_file import CaptureReader, Damage
+from netrecall.ingest.capture_file import CaptureReader
 from netrecall.ingest.decode import KNOWN_LINK_TYPES, decode_frames
 from netrecall.ingest.digest import FileDigests, file_sha256
 from netrecall.ingest.flows import FlowBatches
+from netrecall.ingest.frames import Damage
 from netrecall.schema.tables import FLOWS, FLOWS_SELECT
 from netrecall.store import Store, clickhouse_errors, open_store
 
@@ -49,7 +50,7 @@ INSERT_SETTINGS = {
 
 
 class Resolver(Protocol):
-    """What the importer needs from netrecall.agent.identity.IdentityResolver."""
+    """What the importer needs from netrecall.ingest.identity.IdentityResolver."""
 
     def enrich(self, table: pa.Table) -> pa.Table: ...
 

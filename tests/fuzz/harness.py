@@ -13,7 +13,12 @@ DISSECTORS = ("http1", "dns", "redis", "postgresql", "kafka", "http2", "tls")
 
 # The modules each target's coverage is measured on (atheris instruments them as they are imported).
 INSTRUMENT = {
-    "capture": ["netrecall.ingest.capture_file"],
+    "capture": [
+        "netrecall.ingest.capture_file",
+        "netrecall.ingest.pcap",
+        "netrecall.ingest.pcapng",
+        "netrecall.ingest.frames",
+    ],
     "decode": ["netrecall.ingest.decode"],
     "tcp": ["netrecall.dissect.tcp"],
     "kfl": ["netrecall.query.kfl"],

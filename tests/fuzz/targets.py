@@ -42,8 +42,9 @@ from netrecall.dissect.protocols import PROTOCOLS
 from netrecall.dissect.tcp import HalfStream
 from netrecall.dissect.writer import calls_to_arrow
 from netrecall.errors import NetrecallError
-from netrecall.ingest.capture_file import CHUNK_BYTES, CaptureReader, FrameChunk
+from netrecall.ingest.capture_file import CHUNK_BYTES, CaptureReader
 from netrecall.ingest.decode import decode_frames
+from netrecall.ingest.frames import FrameChunk
 from tests.fuzz.inputs import Connection, Cursor, read_frames
 
 Target = Callable[[bytes], None]
