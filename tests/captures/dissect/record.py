@@ -20,21 +20,20 @@ committed next to this script; the tests compare what netrecall dissects from th
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
+
+from veth import Veth
 
 HERE = Path(__file__).parent
 NS = "nrdissect"
 HOST_IF, NS_IF = "nrd0", "nrd1"
 HOST_IP, NS_IP = "10.77.0.1", "10.77.0.2"
+LAB = Veth(NS, HOST_IF, NS_IF, HOST_IP, NS_IP)
 
 PY_SERVER = r"""
 import sys, gzip, json
@@ -164,74 +163,6 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return done
 
 
-def netns_up() -> None:
-    netns_down()
-    sh("ip", "netns", "add", NS)
-    sh("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF)
-    sh("ip", "link", "set", NS_IF, "netns", NS)
-    sh("ip", "addr", "add", f"{HOST_IP}/24", "dev", HOST_IF)
-    sh("ip", "link", "set", HOST_IF, "up")
-    sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{NS_IP}/24", "dev", NS_IF)
-    sh("ip", "netns", "exec", NS, "ip", "link", "set", NS_IF, "up")
-    sh("ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up")
-    sh("ip", "netns", "exec", NS, "ip", "addr", "add", "127.0.0.2/8", "dev", "lo", check=False)
-    # Segments the size of a real network's, not 64 KiB offload super-frames.
-    for args in (["ethtool", "-K", HOST_IF, "tso", "off", "gso", "off", "gro", "off"],):
-        if shutil.which(args[0]):
-            sh(*args, check=False)
-
-
-def netns_down() -> None:
-    sh("ip", "netns", "del", NS, check=False)
-    sh("ip", "link", "del", HOST_IF, check=False)
-
-
-@contextlib.contextmanager
-def in_ns(*cmd: str) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", NS, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def capture(out: Path, bpf: str) -> Iterator[None]:
-    proc = subprocess.Popen(
-        ["tcpdump", "-i", HOST_IF, "--immediate-mode", "-w", str(out), "-U", "-s", "0", bpf],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    proc.stderr.readline()  # "listening on ..." means the capture is armed
-    time.sleep(0.5)  # ... almost: give the kernel filter a moment
-    try:
-        yield
-    finally:
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
-        stats = proc.stderr.read().decode(errors="replace").split("\n")
-        print(f"{out.name}: " + "; ".join(line for line in stats if line))
-
-
-def wait_port(port: int, udp: bool = False) -> None:
-    for _ in range(100):
-        if udp:
-            return time.sleep(0.3)
-        with contextlib.suppress(OSError), socket.create_connection((NS_IP, port), 0.2):
-            return None
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {NS_IP}:{port}")
-
-
 def curl(*args: str) -> None:
     sh("curl", "-s", "-o", "/dev/null", "--max-time", "5", *args, check=False)
 
@@ -244,9 +175,9 @@ def record_http_python(work: Path) -> None:
     (www / "big.txt").write_text("line of a larger file\n" * 3000)
     (work / "server.py").write_text(PY_SERVER)
     base = f"http://{NS_IP}:8000"
-    server = in_ns(sys.executable, str(work / "server.py"), NS_IP, "8000", str(www))
-    with server, capture(HERE / "http_python.pcap", "tcp port 8000"):
-        wait_port(8000)
+    server = LAB.in_ns(sys.executable, str(work / "server.py"), NS_IP, "8000", str(www))
+    with server, LAB.capture(HERE / "http_python.pcap", "tcp port 8000"):
+        LAB.wait_port(8000)
         time.sleep(0.3)
         # keep-alive: four requests on one connection, with a query string and a 404
         curl(
@@ -286,8 +217,8 @@ def record_http_nginx(work: Path) -> None:
     conf = work / "nginx.conf"
     conf.write_text(NGINX_CONF.format(d=work, ip=NS_IP))
     base = f"http://{NS_IP}:9099"
-    with in_ns("nginx", "-c", str(conf)), capture(HERE / "http_nginx.pcap", "tcp port 9099"):
-        wait_port(9099)
+    with LAB.in_ns("nginx", "-c", str(conf)), LAB.capture(HERE / "http_nginx.pcap", "tcp port 9099"):
+        LAB.wait_port(9099)
         time.sleep(0.3)
         curl("--http1.1", "--compressed", f"{base}/page.txt", f"{base}/small.json", f"{base}/nope")
         curl("--http1.1", "-I", f"{base}/page.txt")
@@ -323,8 +254,8 @@ def record_http_pipelined_head(work: Path) -> None:
         (work / sub).mkdir()
     conf = work / "nginx.conf"
     conf.write_text(NGINX_CONF.format(d=work, ip=NS_IP))
-    with in_ns("nginx", "-c", str(conf)), capture(HERE / "http_pipelined_head.pcap", "tcp port 9099"):
-        wait_port(9099)
+    with LAB.in_ns("nginx", "-c", str(conf)), LAB.capture(HERE / "http_pipelined_head.pcap", "tcp port 9099"):
+        LAB.wait_port(9099)
         time.sleep(0.3)
         pipeline(
             f"GET /page.txt?n=1 HTTP/1.1\r\nHost: {NS_IP}:9099\r\n\r\n"
@@ -337,11 +268,11 @@ def record_http_pipelined_head(work: Path) -> None:
 
 def record_dns(work: Path) -> None:
     with (
-        in_ns("dnsmasq", *UPSTREAM_ARGS),
-        in_ns("dnsmasq", *DNSMASQ_ARGS),
-        capture(HERE / "dns_dnsmasq.pcap", "port 53 or port 5354"),
+        LAB.in_ns("dnsmasq", *UPSTREAM_ARGS),
+        LAB.in_ns("dnsmasq", *DNSMASQ_ARGS),
+        LAB.capture(HERE / "dns_dnsmasq.pcap", "port 53 or port 5354"),
     ):
-        wait_port(53, udp=True)
+        LAB.wait_port(53, udp=True)
 
         def dig(*args: str) -> None:
             sh("dig", f"@{NS_IP}", "+tries=1", "+time=2", *args, check=False)
@@ -373,7 +304,7 @@ RECORDERS = {
 
 
 def main(names: list[str]) -> None:
-    netns_up()
+    LAB.up(loopback_alias=True)
     try:
         for name in names or list(RECORDERS):
             with tempfile.TemporaryDirectory(prefix=f"nr-{name}-") as work:
@@ -382,7 +313,7 @@ def main(names: list[str]) -> None:
             out = HERE / f"{name}.pcap"
             print(f"{out.name}: {out.stat().st_size} bytes")
     finally:
-        netns_down()
+        LAB.down()
 
 
 if __name__ == "__main__":

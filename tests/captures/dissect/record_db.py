@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -43,10 +42,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from veth import Veth
+
 HERE = Path(__file__).parent
 NS = "nrdb"
 HOST_IF, NS_IF = "nrdb0", "nrdb1"
 HOST_IP, NS_IP = "10.79.0.1", "10.79.0.2"
+LAB = Veth(NS, HOST_IF, NS_IF, HOST_IP, NS_IP)
 REDIS_PORT = 6379
 PG_PORT = 5432
 PG_PASSWORD = "s3cret-pw"  # the tests check that it is stored nowhere
@@ -133,69 +135,6 @@ def sh(*cmd: str, check: bool = True, env: dict[str, str] | None = None) -> subp
     return done
 
 
-def netns_up() -> None:
-    netns_down()
-    sh("ip", "netns", "add", NS)
-    sh("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF)
-    sh("ip", "link", "set", NS_IF, "netns", NS)
-    sh("ip", "addr", "add", f"{HOST_IP}/24", "dev", HOST_IF)
-    sh("ip", "link", "set", HOST_IF, "up")
-    sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{NS_IP}/24", "dev", NS_IF)
-    sh("ip", "netns", "exec", NS, "ip", "link", "set", NS_IF, "up")
-    sh("ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up")
-    if shutil.which("ethtool"):  # segments the size of a real network's, not 64 KiB offload super-frames
-        sh("ethtool", "-K", HOST_IF, "tso", "off", "gso", "off", "gro", "off", check=False)
-
-
-def netns_down() -> None:
-    sh("ip", "netns", "del", NS, check=False)
-    sh("ip", "link", "del", HOST_IF, check=False)
-
-
-@contextlib.contextmanager
-def in_ns(*cmd: str) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", NS, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def capture(out: Path, bpf: str) -> Iterator[None]:
-    proc = subprocess.Popen(
-        ["tcpdump", "-i", HOST_IF, "--immediate-mode", "-w", str(out), "-U", "-s", "0", bpf],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    proc.stderr.readline()  # "listening on ..." means the capture is armed
-    time.sleep(0.5)  # ... almost: give the kernel filter a moment
-    try:
-        yield
-    finally:
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
-        stats = proc.stderr.read().decode(errors="replace").split("\n")
-        print(f"{out.name}: " + "; ".join(line for line in stats if line))
-
-
-def wait_port(port: int) -> None:
-    for _ in range(200):
-        with contextlib.suppress(OSError), socket.create_connection((NS_IP, port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {NS_IP}:{port}")
-
-
 # --- Redis -------------------------------------------------------------------------------------------------
 def resp_command(*args: str | bytes) -> bytes:
     """One command as a RESP array of bulk strings, as every real client sends it."""
@@ -239,7 +178,7 @@ def redis_cli(*args: str, stdin: str = "") -> str:
 
 
 def redis_server() -> contextlib.AbstractContextManager[subprocess.Popen]:
-    return in_ns(
+    return LAB.in_ns(
         "redis-server",
         "--bind",
         NS_IP,
@@ -259,8 +198,8 @@ def redis_server() -> contextlib.AbstractContextManager[subprocess.Popen]:
 
 
 def record_redis_resp2(work: Path) -> None:
-    with redis_server(), capture(HERE / "redis_resp2.pcap", f"tcp port {REDIS_PORT}"):
-        wait_port(REDIS_PORT)
+    with redis_server(), LAB.capture(HERE / "redis_resp2.pcap", f"tcp port {REDIS_PORT}"):
+        LAB.wait_port(REDIS_PORT)
         time.sleep(0.3)
         redis_cli(stdin=REDIS_CLI_RESP2.format(big="v" * 3000, password=PG_PASSWORD))
         pipelined = RawClient(REDIS_PORT)
@@ -310,8 +249,8 @@ def record_redis_pubsub2() -> None:
 
 
 def record_redis_resp3(work: Path) -> None:
-    with redis_server(), capture(HERE / "redis_resp3.pcap", f"tcp port {REDIS_PORT}"):
-        wait_port(REDIS_PORT)
+    with redis_server(), LAB.capture(HERE / "redis_resp3.pcap", f"tcp port {REDIS_PORT}"):
+        LAB.wait_port(REDIS_PORT)
         time.sleep(0.3)
         redis_cli("-3", stdin=REDIS_CLI_RESP3)
         types = RawClient(REDIS_PORT)
@@ -377,7 +316,7 @@ def pg_cluster(work: Path, ssl: bool) -> Iterator[Path]:
         *as_postgres("pg_ctl", "-D", str(data), "-l", str(work / "pg.log"), "-o", options, "-w", "start"),
     )
     try:
-        wait_port(PG_PORT)
+        LAB.wait_port(PG_PORT)
         yield data
     finally:
         sh(*as_postgres("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"), check=False)
@@ -396,7 +335,7 @@ def psql(*args: str, stdin: str = "", password: str = PG_PASSWORD, sslmode: str 
 
 
 def record_pgsql_simple(work: Path) -> None:
-    with pg_cluster(work, ssl=False), capture(HERE / "pgsql_simple.pcap", f"tcp port {PG_PORT}"):
+    with pg_cluster(work, ssl=False), LAB.capture(HERE / "pgsql_simple.pcap", f"tcp port {PG_PORT}"):
         time.sleep(0.3)
         psql(stdin=PSQL_SCRIPT)
         psql(
@@ -414,7 +353,7 @@ def record_pgsql_extended(work: Path) -> None:
             setup.execute("DROP TABLE IF EXISTS accounts")
             setup.execute("CREATE TABLE accounts (id integer PRIMARY KEY, owner text, balance integer)")
             setup.execute("INSERT INTO accounts VALUES (1, 'ann', 100), (2, 'bob', 50)")
-        with capture(HERE / "pgsql_extended.pcap", f"tcp port {PG_PORT}"):
+        with LAB.capture(HERE / "pgsql_extended.pcap", f"tcp port {PG_PORT}"):
             time.sleep(0.3)
             extended_session(dsn)
             serialization_failure(dsn)
@@ -465,7 +404,7 @@ def serialization_failure(dsn: str) -> None:
 
 
 def record_pgsql_tls(work: Path) -> None:
-    with pg_cluster(work, ssl=True), capture(HERE / "pgsql_tls.pcap", f"tcp port {PG_PORT}"):
+    with pg_cluster(work, ssl=True), LAB.capture(HERE / "pgsql_tls.pcap", f"tcp port {PG_PORT}"):
         time.sleep(0.3)
         psql("-c", "SELECT 1", sslmode="require")
 
@@ -480,7 +419,7 @@ RECORDERS = {
 
 
 def main(names: list[str]) -> None:
-    netns_up()
+    LAB.up()
     try:
         for name in names or list(RECORDERS):
             with tempfile.TemporaryDirectory(prefix=f"nr-{name}-") as work:
@@ -489,7 +428,7 @@ def main(names: list[str]) -> None:
             out = HERE / f"{name}.pcap"
             print(f"{out.name}: {out.stat().st_size} bytes")
     finally:
-        netns_down()
+        LAB.down()
 
 
 if __name__ == "__main__":

@@ -24,21 +24,20 @@ tshark's HTTP/2 and gRPC dissection.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from veth import Veth
 
 HERE = Path(__file__).parent
 NS = "nrh2"
 HOST_IF, NS_IF = "nrh2h", "nrh2n"
 HOST_IP, NS_IP = "10.78.0.1", "10.78.0.2"
+LAB = Veth(NS, HOST_IF, NS_IF, HOST_IP, NS_IP)
 PRIOR_PORT, UPGRADE_PORT, GRPC_PORT = 8081, 8082, 50051
 
 ASGI_APP = r"""
@@ -126,71 +125,6 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return done
 
 
-def netns_up() -> None:
-    netns_down()
-    sh("ip", "netns", "add", NS)
-    sh("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF)
-    sh("ip", "link", "set", NS_IF, "netns", NS)
-    sh("ip", "addr", "add", f"{HOST_IP}/24", "dev", HOST_IF)
-    sh("ip", "link", "set", HOST_IF, "up")
-    sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{NS_IP}/24", "dev", NS_IF)
-    sh("ip", "netns", "exec", NS, "ip", "link", "set", NS_IF, "up")
-    sh("ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up")
-    # Segments the size of a real network's, not 64 KiB offload super-frames.
-    if shutil.which("ethtool"):
-        sh("ethtool", "-K", HOST_IF, "tso", "off", "gso", "off", "gro", "off", check=False)
-        sh("ip", "netns", "exec", NS, "ethtool", "-K", NS_IF, "tso", "off", "gso", "off", check=False)
-
-
-def netns_down() -> None:
-    sh("ip", "netns", "del", NS, check=False)
-    sh("ip", "link", "del", HOST_IF, check=False)
-
-
-@contextlib.contextmanager
-def in_ns(*cmd: str, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", NS, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd
-    )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def capture(out: Path, bpf: str) -> Iterator[None]:
-    proc = subprocess.Popen(
-        ["tcpdump", "-i", HOST_IF, "--immediate-mode", "-w", str(out), "-U", "-s", "0", bpf],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    proc.stderr.readline()  # "listening on ..." means the capture is armed
-    time.sleep(0.5)  # ... almost: give the kernel filter a moment
-    try:
-        yield
-    finally:
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
-        stats = proc.stderr.read().decode(errors="replace").split("\n")
-        print(f"{out.name}: " + "; ".join(line for line in stats if line))
-
-
-def wait_port(port: int) -> None:
-    for _ in range(200):
-        with contextlib.suppress(OSError), socket.create_connection((NS_IP, port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {NS_IP}:{port}")
-
-
 def run(*cmd: str) -> None:
     done = sh(*cmd, check=False)
     if done.returncode not in (0,):
@@ -212,11 +146,11 @@ def _htdocs(work: Path) -> Path:
 def record_h2c_nghttpd(work: Path) -> None:
     www = _htdocs(work)
     base = f"http://{NS_IP}:{PRIOR_PORT}"
-    server = in_ns(
+    server = LAB.in_ns(
         "nghttpd", "--no-tls", "-d", str(www), "-b", "8", "-p", "/index.html=/style.css", str(PRIOR_PORT)
     )
-    with server, capture(HERE / "h2c_nghttpd.pcap", f"tcp port {PRIOR_PORT}"):
-        wait_port(PRIOR_PORT)
+    with server, LAB.capture(HERE / "h2c_nghttpd.pcap", f"tcp port {PRIOR_PORT}"):
+        LAB.wait_port(PRIOR_PORT)
         time.sleep(0.3)
         curl = ["curl", "-s", "-o", "/dev/null", "--max-time", "5", "--http2-prior-knowledge"]
         # one URL per connection: curl 7.88 fails to reuse a prior-knowledge connection (exit 16)
@@ -237,10 +171,10 @@ def record_h2c_upgrade(work: Path) -> None:
     base = f"http://{NS_IP}:{UPGRADE_PORT}"
     hypercorn = str(Path(sys.executable).with_name("hypercorn"))
     with (
-        in_ns(hypercorn, "--root-path", "", "--bind", f"{NS_IP}:{UPGRADE_PORT}", "app:app", cwd=work),
-        capture(HERE / "h2c_upgrade.pcap", f"tcp port {UPGRADE_PORT}"),
+        LAB.in_ns(hypercorn, "--root-path", "", "--bind", f"{NS_IP}:{UPGRADE_PORT}", "app:app", cwd=work),
+        LAB.capture(HERE / "h2c_upgrade.pcap", f"tcp port {UPGRADE_PORT}"),
     ):
-        wait_port(UPGRADE_PORT)
+        LAB.wait_port(UPGRADE_PORT)
         time.sleep(0.3)
         # the first request goes out as HTTP/1.1 with Upgrade: h2c, the next ones as HTTP/2 streams 3, 5
         run(
@@ -291,10 +225,10 @@ def _grpc_client() -> None:
 def record_grpc(work: Path) -> None:
     (work / "server.py").write_text(GRPC_SERVER)
     with (
-        in_ns(sys.executable, str(work / "server.py"), f"{NS_IP}:{GRPC_PORT}"),
-        capture(HERE / "grpc_calls.pcap", f"tcp port {GRPC_PORT}"),
+        LAB.in_ns(sys.executable, str(work / "server.py"), f"{NS_IP}:{GRPC_PORT}"),
+        LAB.capture(HERE / "grpc_calls.pcap", f"tcp port {GRPC_PORT}"),
     ):
-        wait_port(GRPC_PORT)
+        LAB.wait_port(GRPC_PORT)
         time.sleep(0.5)
         # the client runs in its own process: grpcio keeps threads and a connection per process
         client = subprocess.run(
@@ -313,7 +247,7 @@ RECORDERS = {
 
 
 def main(names: list[str]) -> None:
-    netns_up()
+    LAB.up(ns_offload_off=True)
     try:
         for name in names or list(RECORDERS):
             with tempfile.TemporaryDirectory(prefix=f"nr-{name}-") as work:
@@ -322,7 +256,7 @@ def main(names: list[str]) -> None:
             out = HERE / f"{name}.pcap"
             print(f"{out.name}: {out.stat().st_size} bytes")
     finally:
-        netns_down()
+        LAB.down()
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -39,35 +37,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from veth import Veth
+
 HERE = Path(__file__).parent
 NS = "nrkafka"
 HOST_IF, NS_IF = "nrk0", "nrk1"
 HOST_IP, NS_IP = "10.81.0.1", "10.81.0.2"
+LAB = Veth(NS, HOST_IF, NS_IF, HOST_IP, NS_IP)
 PORT, OTHER_PORT = 9092, 29092
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), check=check, capture_output=True)
-
-
-def netns_up() -> None:
-    netns_down()
-    sh("ip", "netns", "add", NS)
-    sh("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF)
-    sh("ip", "link", "set", NS_IF, "netns", NS)
-    sh("ip", "addr", "add", f"{HOST_IP}/24", "dev", HOST_IF)
-    sh("ip", "link", "set", HOST_IF, "up")
-    sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{NS_IP}/24", "dev", NS_IF)
-    sh("ip", "netns", "exec", NS, "ip", "link", "set", NS_IF, "up")
-    sh("ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up")
-    # Segments the size of a real network's, not 64 KiB offload super-frames.
-    if shutil.which("ethtool"):
-        sh("ethtool", "-K", HOST_IF, "tso", "off", "gso", "off", "gro", "off", check=False)
-
-
-def netns_down() -> None:
-    sh("ip", "netns", "del", NS, check=False)
-    sh("ip", "link", "del", HOST_IF, check=False)
 
 
 @contextlib.contextmanager
@@ -90,26 +71,6 @@ def broker(*options: str) -> Iterator[None]:
             print("broker stderr:", errors[-2000:])
 
 
-@contextlib.contextmanager
-def capture(out: Path) -> Iterator[None]:
-    proc = subprocess.Popen(
-        ["tcpdump", "-i", HOST_IF, "--immediate-mode", "-w", str(out), "-U", "-s", "0", "tcp"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    proc.stderr.readline()  # "listening on ..." means the capture is armed
-    time.sleep(0.5)
-    try:
-        yield
-    finally:
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
-        stats = proc.stderr.read().decode(errors="replace").split("\n")
-        print(f"{out.name}: " + "; ".join(line for line in stats if line))
-
-
 # --- kafka_librdkafka.pcap ---------------------------------------------------------------------------------
 def record_librdkafka() -> None:
     """The broker serves no newer versions than tshark 4.0 decodes (like a Kafka 2.8 broker)."""
@@ -130,7 +91,7 @@ def librdkafka_session(name: str, *broker_options: str) -> None:
     def delivered(err: object, msg: object) -> None:
         outcomes.append((msg.topic(), err.name() if err else None))  # type: ignore[attr-defined]
 
-    with broker(*broker_options), capture(HERE / f"{name}.pcap"):
+    with broker(*broker_options), LAB.capture(HERE / f"{name}.pcap"):
         producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -242,7 +203,7 @@ def connect(port: int = PORT) -> socket.socket:
 
 
 def record_raw() -> None:
-    with broker(), capture(HERE / "kafka_raw.pcap"):
+    with broker(), LAB.capture(HERE / "kafka_raw.pcap"):
         with connect() as sock:  # old versions, header v1 everywhere
             exchange(sock, request(18, 0, 1, "raw-client"))
             exchange(sock, request(3, 1, 2, "raw-client", metadata_v1("orders", "nope")))
@@ -277,14 +238,14 @@ RECORDERS = {
 
 
 def main(names: list[str]) -> None:
-    netns_up()
+    LAB.up()
     try:
         for name in names or list(RECORDERS):
             RECORDERS[name]()
             out = HERE / f"{name}.pcap"
             print(f"{out.name}: {out.stat().st_size} bytes")
     finally:
-        netns_down()
+        LAB.down()
 
 
 if __name__ == "__main__":

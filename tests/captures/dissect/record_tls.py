@@ -24,21 +24,21 @@ tshark.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import signal
 import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
+
+from veth import Veth
 
 HERE = Path(__file__).parent
 NS = "nrtls"
 HOST_IF, NS_IF = "nrtls0", "nrtls1"
 HOST_IP, NS_IP = "10.80.0.1", "10.80.0.2"
+LAB = Veth(NS, HOST_IF, NS_IF, HOST_IP, NS_IP)
 MAIN_PORT, TLS13_PORT, TLS12_PORT, FRAG_PORT, HRR_PORT = 4433, 4434, 4435, 4436, 4437
 REQUEST = b"GET / HTTP/1.0\r\nHost: tls.test\r\n\r\n"
 
@@ -46,70 +46,6 @@ REQUEST = b"GET / HTTP/1.0\r\nHost: tls.test\r\n\r\n"
 def sh(*cmd: str, check: bool = True, stdin: bytes = b"", timeout: float = 20) -> str:
     done = subprocess.run(list(cmd), check=check, capture_output=True, input=stdin, timeout=timeout)
     return done.stdout.decode("utf-8", "replace")
-
-
-def netns_up() -> None:
-    netns_down()
-    sh("ip", "netns", "add", NS)
-    sh("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF)
-    sh("ip", "link", "set", NS_IF, "netns", NS)
-    sh("ip", "addr", "add", f"{HOST_IP}/24", "dev", HOST_IF)
-    sh("ip", "link", "set", HOST_IF, "up")
-    sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{NS_IP}/24", "dev", NS_IF)
-    sh("ip", "netns", "exec", NS, "ip", "link", "set", NS_IF, "up")
-    sh("ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up")
-    # Segments the size of a real network's, not 64 KiB offload super-frames.
-    if shutil.which("ethtool"):
-        sh("ethtool", "-K", HOST_IF, "tso", "off", "gso", "off", "gro", "off", check=False)
-
-
-def netns_down() -> None:
-    sh("ip", "netns", "del", NS, check=False)
-    sh("ip", "link", "del", HOST_IF, check=False)
-
-
-@contextlib.contextmanager
-def in_ns(*cmd: str) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", NS, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def capture(out: Path, bpf: str) -> Iterator[None]:
-    proc = subprocess.Popen(
-        ["tcpdump", "-i", HOST_IF, "--immediate-mode", "-w", str(out), "-U", "-s", "0", bpf],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    proc.stderr.readline()  # "listening on ..." means the capture is armed
-    time.sleep(0.5)  # ... almost: give the kernel filter a moment
-    try:
-        yield
-    finally:
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
-        stats = proc.stderr.read().decode(errors="replace").split("\n")
-        print(f"{out.name}: " + "; ".join(line for line in stats if line))
-
-
-def wait_port(port: int) -> None:
-    for _ in range(100):
-        with contextlib.suppress(OSError), socket.create_connection((NS_IP, port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {NS_IP}:{port}")
 
 
 def certificate(work: Path) -> tuple[str, str]:
@@ -122,9 +58,9 @@ def certificate(work: Path) -> tuple[str, str]:
 
 
 def s_server(cert: str, key: str, port: int, *args: str) -> contextlib.AbstractContextManager:
-    return in_ns(
+    return LAB.in_ns(
         "openssl", "s_server", "-accept", f"{NS_IP}:{port}", "-cert", cert, "-key", key, "-www", "-quiet",
-        *args,
+        *args, keep_stderr=False,
     )  # fmt: skip
 
 
@@ -156,10 +92,10 @@ def record_openssl(work: Path) -> None:
         s_server(cert, key, MAIN_PORT, "-cipher", legacy, "-alpn", "h2,http/1.1"),
         s_server(cert, key, TLS13_PORT, "-tls1_3"),
         s_server(cert, key, TLS12_PORT, "-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384"),
-        capture(HERE / "tls_openssl.pcap", f"tcp portrange {MAIN_PORT}-{TLS12_PORT}"),
+        LAB.capture(HERE / "tls_openssl.pcap", f"tcp portrange {MAIN_PORT}-{TLS12_PORT}"),
     ):
         for port in (MAIN_PORT, TLS13_PORT, TLS12_PORT):
-            wait_port(port)
+            LAB.wait_port(port)
         time.sleep(0.3)
         s_client(MAIN_PORT, "-tls1_3", "-servername", "api.stripe.com", "-alpn", "h2,http/1.1")
         s_client(
@@ -245,9 +181,9 @@ def record_fragmented(work: Path) -> None:
     cert, key = certificate(work)
     with (
         s_server(cert, key, FRAG_PORT, "-max_send_frag", "512", "-alpn", "http/1.1"),
-        capture(HERE / "tls_fragmented.pcap", f"tcp port {FRAG_PORT}"),
+        LAB.capture(HERE / "tls_fragmented.pcap", f"tcp port {FRAG_PORT}"),
     ):
-        wait_port(FRAG_PORT)
+        LAB.wait_port(FRAG_PORT)
         time.sleep(0.3)
         fragmenting_client(FRAG_PORT, "fragments.test")
 
@@ -257,9 +193,9 @@ def record_hello_retry(work: Path) -> None:
     cert, key = certificate(work)
     with (
         s_server(cert, key, HRR_PORT, "-tls1_3", "-groups", "P-256"),
-        capture(HERE / "tls_hrr.pcap", f"tcp port {HRR_PORT}"),
+        LAB.capture(HERE / "tls_hrr.pcap", f"tcp port {HRR_PORT}"),
     ):
-        wait_port(HRR_PORT)
+        LAB.wait_port(HRR_PORT)
         time.sleep(0.3)
         s_client(HRR_PORT, "-tls1_3", "-groups", "X25519:P-256", "-servername", "retry.test", "-alpn", "h2")
 
@@ -272,7 +208,7 @@ RECORDERS = {
 
 
 def main(names: list[str]) -> None:
-    netns_up()
+    LAB.up()
     try:
         for name in names or list(RECORDERS):
             with tempfile.TemporaryDirectory(prefix=f"nr-{name}-") as work:
@@ -281,7 +217,7 @@ def main(names: list[str]) -> None:
             out = HERE / f"{name}.pcap"
             print(f"{out.name}: {out.stat().st_size} bytes")
     finally:
-        netns_down()
+        LAB.down()
 
 
 if __name__ == "__main__":
