@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
-from bench.common import OUT, print_table, run_measured, verdict
+from bench.common import OUT, in_child, prepare_dissect_store, print_table, run_measured, verdict
 from bench.make_capture import PORT, benchmark_capture
 
 STORE_DIR = OUT / "dissect-store"
@@ -23,34 +22,13 @@ RSS_LIMIT_MB = 1024
 SPEEDUP = 2.0
 
 
-def _python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
-def _prepare(capture: str) -> int:
-    """Import the capture once (kept between runs), empty the calls and the watermark; packets stored."""
-    code = f"""
-from netrecall.ingest.importer import import_files
-from netrecall.schema.migrate import ensure_schema
-from netrecall.store import open_store
-store = open_store({STORE_URL!r})
-ensure_schema(store)
-import_files(store, [{capture!r}])
-store.command("TRUNCATE TABLE api_calls")
-store.command("TRUNCATE TABLE dissect_state")
-print(store.scalar("SELECT count() FROM packets"))
-"""
-    return int(_python(code))
-
-
 def _stored_http_calls() -> int:
     code = f"""
 from netrecall.store import open_store
 store = open_store({STORE_URL!r})
 print(store.scalar("SELECT count() FROM api_calls FINAL WHERE protocol = 'http'"))
 """
-    return int(_python(code))
+    return int(in_child(code))
 
 
 def run() -> bool:
@@ -59,7 +37,7 @@ def run() -> bool:
     if tshark is None:
         print("  tshark is not installed: run `make bench`, which installs it")
         return False
-    packets = _prepare(str(capture))
+    packets = prepare_dissect_store(STORE_URL, capture)
 
     ours = run_measured(
         [sys.executable, "-m", "netrecall", "dissect", "--store", STORE_URL, "--format", "json"]

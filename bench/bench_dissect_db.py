@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import OUT, print_table, run_measured, verdict
+from bench.common import OUT, in_child, prepare_dissect_store, print_table, run_measured, verdict
 from bench.make_db_capture import PG_PORT, REDIS_PORT, pgsql_capture, redis_capture
 
 RSS_LIMIT_MB = 1024
@@ -52,30 +51,8 @@ PGSQL = Case(
 )
 
 
-def _python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
 def _store_url(case: Case) -> str:
     return f"chdb://{OUT / f'dissect-{case.protocol}-store'}"
-
-
-def _prepare(case: Case, capture: Path) -> int:
-    """Import the capture once (kept between runs), empty the calls and the watermark; packets stored."""
-    code = f"""
-from netrecall.ingest.importer import import_files
-from netrecall.schema.migrate import ensure_schema
-from netrecall.store import open_store
-store = open_store({_store_url(case)!r})
-ensure_schema(store)
-if not store.scalar("SELECT count() FROM packets"):
-    import_files(store, [{str(capture)!r}])
-store.command("TRUNCATE TABLE api_calls")
-store.command("TRUNCATE TABLE dissect_state")
-print(store.scalar("SELECT count() FROM packets"))
-"""
-    return int(_python(code))
 
 
 def _stored_calls(case: Case) -> int:
@@ -84,7 +61,7 @@ from netrecall.store import open_store
 store = open_store({_store_url(case)!r})
 print(store.scalar("SELECT count() FROM api_calls FINAL WHERE protocol = {case.protocol!r}"))
 """
-    return int(_python(code))
+    return int(in_child(code))
 
 
 def _tshark_requests(case: Case, output: str) -> int:
@@ -102,7 +79,7 @@ def _tshark_requests(case: Case, output: str) -> int:
 
 
 def _run_case(case: Case, capture: Path, tshark: str) -> bool:
-    packets = _prepare(case, capture)
+    packets = prepare_dissect_store(_store_url(case), capture)
     ours = run_measured(
         [sys.executable, "-m", "netrecall", "dissect", "--store", _store_url(case), "--format", "json"]
     )

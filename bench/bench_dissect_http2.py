@@ -12,38 +12,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
-from bench.common import OUT, print_table, run_measured, verdict
+from bench.common import OUT, in_child, prepare_dissect_store, print_table, run_measured, verdict
 from bench.make_h2_capture import CALLS_PER_CONNECTION, CONNECTIONS, PORT, benchmark_capture
 
 STORE_DIR = OUT / "dissect-h2-store"
 STORE_URL = f"chdb://{STORE_DIR}"
 RSS_LIMIT_MB = 1024
 SPEEDUP = 2.0
-
-
-def _python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
-def _prepare(capture: str) -> int:
-    """Import the capture once (kept between runs), empty the calls and the watermark; packets stored."""
-    code = f"""
-from netrecall.ingest.importer import import_files
-from netrecall.schema.migrate import ensure_schema
-from netrecall.store import open_store
-store = open_store({STORE_URL!r})
-ensure_schema(store)
-if not store.scalar("SELECT count() FROM packets"):
-    import_files(store, [{capture!r}])
-store.command("TRUNCATE TABLE api_calls")
-store.command("TRUNCATE TABLE dissect_state")
-print(store.scalar("SELECT count() FROM packets"))
-"""
-    return int(_python(code))
 
 
 def _stored_calls() -> dict[str, int]:
@@ -54,7 +31,7 @@ store = open_store({STORE_URL!r})
 rows = store.rows("SELECT protocol, count(), countIf(partial) FROM api_calls FINAL GROUP BY protocol")
 print(json.dumps({{p: [n, partial] for p, n, partial in rows}}))
 """
-    return json.loads(_python(code))
+    return json.loads(in_child(code))
 
 
 def run() -> bool:
@@ -63,7 +40,7 @@ def run() -> bool:
     if tshark is None:
         print("  tshark is not installed: run `make bench`, which installs it")
         return False
-    packets = _prepare(str(capture))
+    packets = prepare_dissect_store(STORE_URL, capture)
     expected = CONNECTIONS * CALLS_PER_CONNECTION
 
     ours = run_measured(

@@ -13,38 +13,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
-from bench.common import OUT, print_table, run_measured, verdict
+from bench.common import OUT, in_child, prepare_dissect_store, print_table, run_measured, verdict
 from bench.make_kafka_capture import BROKER_PORTS, benchmark_capture
 
 STORE_DIR = OUT / "dissect-kafka-store"
 STORE_URL = f"chdb://{STORE_DIR}"
 RSS_LIMIT_MB = 1024
 SPEEDUP = 2.0
-
-
-def _python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
-def _prepare(capture: str) -> int:
-    """Import the capture once into a fresh store, empty the calls and the watermark; packets stored."""
-    shutil.rmtree(STORE_DIR, ignore_errors=True)
-    code = f"""
-from netrecall.ingest.importer import import_files
-from netrecall.schema.migrate import ensure_schema
-from netrecall.store import open_store
-store = open_store({STORE_URL!r})
-ensure_schema(store)
-import_files(store, [{capture!r}])
-store.command("TRUNCATE TABLE api_calls")
-store.command("TRUNCATE TABLE dissect_state")
-print(store.scalar("SELECT count() FROM packets"))
-"""
-    return int(_python(code))
 
 
 def _stored_kafka_calls() -> tuple[int, int]:
@@ -55,7 +32,7 @@ print(*store.rows(
     "SELECT count(), countIf(partial OR error != '') FROM api_calls FINAL WHERE protocol = 'kafka'"
 )[0])
 """
-    calls, flagged = _python(code).split()
+    calls, flagged = in_child(code).split()
     return int(calls), int(flagged)
 
 
@@ -65,7 +42,8 @@ def run() -> bool:
     if tshark is None:
         print("  tshark is not installed: run `make bench`, which installs it")
         return False
-    packets = _prepare(str(capture))
+    shutil.rmtree(STORE_DIR, ignore_errors=True)  # a store of its own each run
+    packets = prepare_dissect_store(STORE_URL, capture)
     ours = run_measured(
         [sys.executable, "-m", "netrecall", "dissect", "--store", STORE_URL, "--format", "json"]
     )

@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import resource
 import shutil
-import subprocess
 import sys
 
-from bench.common import OUT, Measurement, print_table, run_measured, verdict
+from bench.common import OUT, Measurement, in_child, prepare_dissect_store, print_table, run_measured, verdict
 from bench.make_tls_capture import tls_capture
 
 STORE_DIR = OUT / "dissect-tls-store"
@@ -34,28 +33,6 @@ TSHARK_FIELDS = [
 ]
 
 
-def _python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
-def _prepare(capture: str) -> int:
-    """Import the capture once (kept between runs), empty the calls and the watermark; packets stored."""
-    code = f"""
-from netrecall.ingest.importer import import_files
-from netrecall.schema.migrate import ensure_schema
-from netrecall.store import open_store
-store = open_store({STORE_URL!r})
-ensure_schema(store)
-if not store.scalar("SELECT count() FROM packets"):
-    import_files(store, [{capture!r}])
-store.command("TRUNCATE TABLE api_calls")
-store.command("TRUNCATE TABLE dissect_state")
-print(store.scalar("SELECT count() FROM packets"))
-"""
-    return int(_python(code))
-
-
 def _stored_hellos() -> tuple[int, int]:
     """(tls rows with a ClientHello, rows of any other protocol)."""
     code = f"""
@@ -64,7 +41,7 @@ store = open_store({STORE_URL!r})
 print(store.scalar("SELECT count() FROM api_calls FINAL WHERE protocol = 'tls' AND method = 'ClientHello'"),
       store.scalar("SELECT count() FROM api_calls FINAL WHERE protocol != 'tls'"))
 """
-    hellos, others = _python(code).split()
+    hellos, others = in_child(code).split()
     return int(hellos), int(others)
 
 
@@ -84,7 +61,7 @@ def run() -> bool:
     if tshark is None:
         print("  tshark is not installed: run `make bench`, which installs it")
         return False
-    packets = _prepare(str(capture))
+    packets = prepare_dissect_store(STORE_URL, capture)
 
     ours, our_cpu = _measured_with_cpu(
         [sys.executable, "-m", "netrecall", "dissect", "--store", STORE_URL, "--format", "json"]

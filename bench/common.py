@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,3 +69,27 @@ def _fmt(value: object) -> str:
 def verdict(name: str, ok: bool, detail: str) -> bool:
     print(f"  target {name}: {'MET' if ok else 'MISSED'} ({detail})")
     return ok
+
+
+def in_child(code: str) -> str:
+    """Run Python code in a process of its own (the embedded store has one owner); what it printed."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def prepare_dissect_store(store_url: str, capture: Path | str) -> int:
+    """The capture imported into the store (a file already imported is skipped by its sha256), the calls
+    and the watermark emptied, so the next `netrecall dissect` starts from nothing; the packets stored."""
+    return int(
+        in_child(f"""
+from netrecall.ingest.importer import import_files
+from netrecall.schema.migrate import ensure_schema
+from netrecall.store import open_store
+store = open_store({store_url!r})
+ensure_schema(store)
+import_files(store, [{str(capture)!r}])
+store.command("TRUNCATE TABLE api_calls")
+store.command("TRUNCATE TABLE dissect_state")
+print(store.scalar("SELECT count() FROM packets"))
+""")
+    )
