@@ -151,12 +151,6 @@ def test_route_templates_group_ids(store):
     ]
 
 
-def test_the_view_names_error_kinds_as_summarize_errors_does():
-    from netrecall.schema.tables import CALL_ERROR_KIND
-
-    assert " ".join(CALL_ERROR_KIND.split()) == " ".join(rca._ERROR_KINDS.split())
-
-
 # --- (b) SYNs dropped (timeouts) and a closed port (refused) ---------------------------------------------
 
 

@@ -16,7 +16,6 @@ from netrecall.dissect.runner import dissect
 from netrecall.hub.ui.queries import GROUPS, service_map
 from netrecall.ingest.identity import IdentityResolver
 from netrecall.ingest.importer import import_files
-from netrecall.query import rca
 from netrecall.schema.migrate import BACKFILLS, ensure_schema
 from netrecall.schema.tables import CALL_FAILED
 from netrecall.store import open_store
@@ -110,10 +109,6 @@ def test_filters_on_the_kept_identity_columns_run_on_the_edges(store):
     # anything else (a pod, an IP, a status, a path) is read from the calls
     for kfl in ("http && status_code >= 500", 'path.startsWith("/")', 'src.pod.name != ""'):
         assert service_map(store, kfl=kfl, group="workload")["source"] == "api_calls", kfl
-
-
-def test_the_edges_count_failures_by_the_rule_summarize_errors_uses():
-    assert " ".join(CALL_FAILED.split()) == " ".join(rca.FAILED.split())
 
 
 def test_the_migration_backfills_the_edges_and_the_histograms_from_the_stored_calls(store):

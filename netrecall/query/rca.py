@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from netrecall.errors import NetrecallError
+from netrecall.schema.tables import CALL_ERROR_KIND, CALL_FAILED, ZERO_IS_OK
 from netrecall.store import Store
 from netrecall.timeutil import format_time_ns, parse_duration_ns
 
@@ -96,32 +97,6 @@ def _limit(limit: int) -> int:
     return min(int(limit), MAX_LIMIT)
 
 
-# Protocols whose calls carry 0 for success and anything else for a failure in status_code (Redis and
-# PostgreSQL: 1 for an error reply; Kafka: the first error code; TLS: the fatal alert's description).
-ZERO_IS_OK = ("dns", "redis", "postgresql", "kafka", "tls")
-
-# Whether a call failed, by its protocol's own rule (HTTP: a 5xx; gRPC: a non-zero grpc-status).
-FAILED = f"""
-    multiIf(protocol IN ({", ".join(f"'{p}'" for p in ZERO_IS_OK)}), status_code != 0,
-            protocol = 'grpc', grpc_status != 0,
-            status_code >= 500)
-"""
-
-_ERROR_KINDS = """
-    multiIf(
-        protocol = 'dns' AND status_code != 0, 'dns_error',
-        protocol = 'grpc' AND grpc_status != 0, 'grpc_error',
-        protocol IN ('http', 'http2') AND status_code >= 500, 'http_5xx',
-        protocol IN ('http', 'http2') AND status_code >= 400, 'http_4xx',
-        protocol = 'redis' AND status_code != 0, 'redis_error',
-        protocol = 'postgresql' AND status_code != 0, 'postgresql_error',
-        protocol = 'kafka' AND status_code != 0, 'kafka_error',
-        protocol = 'tls' AND status_code != 0, 'tls_alert',
-        error != '', 'parse_error',
-        '')
-"""
-
-
 def summarize_errors(store: Store, scope: Scope, limit: int = 20, include_4xx: bool = True) -> dict[str, Any]:
     """Errors grouped by (kind, protocol, source, destination, code) with counts and first/last seen.
 
@@ -146,7 +121,7 @@ def summarize_errors(store: Store, scope: Scope, limit: int = 20, include_4xx: b
                               protocol = 'kafka', concat(method, ' ', arrayStringConcat(kafka_topics, ',')),
                               concat(method, ' ', substring(path, 1, 160))), ts) AS sample,
                count() OVER () AS groups_total, sum(count()) OVER () AS errors_total
-        FROM (SELECT *, {_ERROR_KINDS} AS kind FROM {scope.table} FINAL WHERE {scope.clause()})
+        FROM (SELECT *, {CALL_ERROR_KIND} AS kind FROM {scope.table} FINAL WHERE {scope.clause()})
         WHERE {kind_filter}
         GROUP BY kind, protocol, src, dst, code, error_code
         ORDER BY count DESC, first_seen
@@ -349,7 +324,7 @@ def api_stats(store: Store, scope: Scope, top: int = 10) -> dict[str, Any]:
     top = _limit(top)
     by_proto = store.dicts(
         f"""SELECT protocol, count() AS calls,
-                   countIf({FAILED}) AS errors,
+                   countIf({CALL_FAILED}) AS errors,
                    round(quantile(0.5)(elapsed_time) / 1000, 3) AS p50_ms,
                    round(quantile(0.95)(elapsed_time) / 1000, 3) AS p95_ms,
                    toUnixTimestamp64Nano(min(ts)) AS first_seen,
@@ -361,7 +336,7 @@ def api_stats(store: Store, scope: Scope, top: int = 10) -> dict[str, Any]:
         f"""SELECT {who("dst")} AS dst, protocol,
                    if(protocol = 'dns', dns_questions[1], if(protocol = 'grpc', grpc_method, path)) AS target,
                    count() AS calls,
-                   countIf({FAILED}) AS errors,
+                   countIf({CALL_FAILED}) AS errors,
                    round(quantile(0.95)(elapsed_time) / 1000, 3) AS p95_ms
             FROM {scope.table} FINAL WHERE {scope.clause()}
             GROUP BY dst, protocol, target ORDER BY calls DESC LIMIT {{lim:UInt32}}""",

@@ -412,7 +412,7 @@ def route_template_sql(path: str = "path") -> str:
     )
 
 
-# The error kind of a call: the same rule as netrecall.query.rca._ERROR_KINDS (a test holds them equal).
+# The error kind of a call, as summarize_errors, the call_latency view and the page name it.
 CALL_ERROR_KIND = """
     multiIf(
         protocol = 'dns' AND status_code != 0, 'dns_error',
@@ -619,9 +619,14 @@ EDGE_SIDE_COLUMNS = ("namespace", "workload", "service", "node")
 EDGE_FILTER_COLUMNS = frozenset(
     [f"{side}_{column}" for side in ("src", "dst") for column in EDGE_SIDE_COLUMNS] + ["protocol"]
 )
-# Whether a call failed, by its protocol's own rule: netrecall.query.rca.FAILED (a test holds them equal).
-CALL_FAILED = """
-    multiIf(protocol IN ('dns', 'redis', 'postgresql', 'kafka', 'tls'), status_code != 0,
+# Protocols whose calls carry 0 for success and anything else for a failure in status_code (Redis and
+# PostgreSQL: 1 for an error reply; Kafka: the first error code; TLS: the fatal alert's description).
+ZERO_IS_OK = ("dns", "redis", "postgresql", "kafka", "tls")
+
+# Whether a call failed, by its protocol's own rule (HTTP: a 5xx; gRPC: a non-zero grpc-status): what
+# summarize_errors, the edges' error counts and the page's service map all count.
+CALL_FAILED = f"""
+    multiIf(protocol IN ({", ".join(f"'{p}'" for p in ZERO_IS_OK)}), status_code != 0,
             protocol = 'grpc', grpc_status != 0,
             status_code >= 500)
 """

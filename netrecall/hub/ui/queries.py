@@ -25,9 +25,10 @@ from netrecall.query.bounds import (
 from netrecall.query.calls import COMPACT_COLUMNS, compact_call
 from netrecall.query.kfl import KflFilter, compile_filter
 from netrecall.query.latency import bucket_percentile_ms
-from netrecall.query.rca import FAILED, who
+from netrecall.query.rca import who
 from netrecall.schema.tables import (
     CALL_EDGES,
+    CALL_FAILED,
     EDGE_BUCKET_COLUMNS,
     EDGE_BUCKETS_MS,
     EDGE_FILTER_COLUMNS,
@@ -265,7 +266,7 @@ def _edge_rows(group: str, source: str, where: str) -> str:
         measures = ", ".join(
             [
                 "count() AS calls",
-                f"countIf({FAILED}) AS errors",
+                f"countIf({CALL_FAILED}) AS errors",
                 "maxIf(elapsed_time, has_response) AS top_us",
             ]
             + [f"{count}_" for count in latency_bucket_counts(EDGE_BUCKETS_MS, EDGE_BUCKET_COLUMNS)]
