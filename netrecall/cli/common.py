@@ -39,6 +39,11 @@ TokenOption = Annotated[
     str | None,
     typer.Option("--token", envvar="NETRECALL_TOKEN", help="Hub bearer token [env NETRECALL_TOKEN]"),
 ]
+SinceOption = Annotated[str | None, typer.Option("--since", help="Start: RFC 3339 or relative (-30m)")]
+UntilOption = Annotated[str | None, typer.Option("--until", help="End: RFC 3339 or relative (-5m)")]
+SnapshotOption = Annotated[
+    str | None, typer.Option("--snapshot", help="Read a snapshot instead of live data")
+]
 
 
 def hub_client(url: str, token: str | None = None):

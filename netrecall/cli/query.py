@@ -17,8 +17,11 @@ from netrecall.cli.common import (
     FormatOption,
     HubOption,
     OutputFormat,
+    SinceOption,
+    SnapshotOption,
     StoreOption,
     TokenOption,
+    UntilOption,
     emit,
     hub_client,
     open_cli_store,
@@ -26,12 +29,6 @@ from netrecall.cli.common import (
 )
 from netrecall.errors import NetrecallError
 from netrecall.timeutil import parse_time_ns
-
-SinceOption = Annotated[str | None, typer.Option("--since", help="Start: RFC 3339 or relative (-30m)")]
-UntilOption = Annotated[str | None, typer.Option("--until", help="End: RFC 3339 or relative (-5m)")]
-SnapshotOption = Annotated[
-    str | None, typer.Option("--snapshot", help="Read a snapshot instead of live data")
-]
 
 TABLE_COLUMNS = ["time", "proto", "src", "dst", "method", "path", "status", "latency_ms", "id"]
 

@@ -17,8 +17,11 @@ from netrecall.cli.common import (
     FormatOption,
     HubOption,
     OutputFormat,
+    SinceOption,
+    SnapshotOption,
     StoreOption,
     TokenOption,
+    UntilOption,
     emit,
     hub_client,
     open_cli_store,
@@ -26,9 +29,6 @@ from netrecall.cli.common import (
 )
 from netrecall.errors import NetrecallError
 
-SinceOption = Annotated[str | None, typer.Option("--since", help="Start: RFC 3339 or relative (-30m)")]
-UntilOption = Annotated[str | None, typer.Option("--until", help="End: RFC 3339 or relative (-5m)")]
-SnapshotOption = Annotated[str | None, typer.Option("--snapshot", help="Read a snapshot instead")]
 KflOption = Annotated[str, typer.Option("--kfl", help="Only calls matching this KFL filter")]
 BaselineOption = Annotated[
     str | None,
