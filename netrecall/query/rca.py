@@ -12,22 +12,12 @@ from typing import Any
 
 from netrecall.errors import NetrecallError
 from netrecall.schema.tables import CALL_ERROR_KIND, CALL_FAILED, ZERO_IS_OK
+from netrecall.schema.tables import endpoint_name_sql as who  # SQL naming one end of a call
 from netrecall.store import Store
 from netrecall.timeutil import format_time_ns, parse_duration_ns
 
 DNS_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 MAX_LIMIT = 1000
-
-
-def who(side: str) -> str:
-    """SQL naming one end of a call: ns/workload, ns/service, ns/pod, or the bare IP."""
-    return (
-        f"multiIf({side}_workload != '', "
-        f"concat({side}_namespace, '/', splitByChar('/', {side}_workload)[-1]), "
-        f"{side}_service != '', concat({side}_namespace, '/', {side}_service), "
-        f"{side}_pod != '', concat({side}_namespace, '/', {side}_pod), "
-        f"replaceRegexpOne(toString({side}_ip), '^::ffff:', ''))"
-    )
 
 
 class Scope:

@@ -386,8 +386,8 @@ EDGE_BUCKET_COLUMNS = [f"le_{round(ms * 1000)}us" for ms in EDGE_BUCKETS_MS[:5]]
 
 
 def endpoint_name_sql(side: str) -> str:
-    """One end of a call as the RCA tools name it: ns/workload, ns/service, ns/pod, or the bare IP (the
-    same rule as netrecall.query.rca.who)."""
+    """SQL naming one end of a call as the RCA tools, the edge views and the page do: ns/workload,
+    ns/service, ns/pod, or the bare IP."""
     return (
         f"multiIf({side}_workload != '', "
         f"concat({side}_namespace, '/', splitByChar('/', {side}_workload)[-1]), "
