@@ -150,26 +150,25 @@ static __always_inline int leave(struct pt_regs *ctx, u8 direction) {
 int leave_write(struct pt_regs *ctx) { return leave(ctx, 0); }
 int leave_read(struct pt_regs *ctx) { return leave(ctx, 1); }
 
-static __always_inline void note_fd(s64 fd) {
+// The connection record of the SSL call this thread is inside, created on first sight; NULL outside one.
+static __always_inline struct conn_t *current_conn(void) {
     u64 id = bpf_get_current_pid_tgid();
     struct call_t *call = calls.lookup(&id);
     if (!call)
-        return;
+        return 0;
     struct ssl_key_t key = {.ssl = call->ssl, .tgid = id >> 32};
     struct conn_t fresh = {.sk = 0, .fd = -1};
-    struct conn_t *conn = ssl_conns.lookup_or_try_init(&key, &fresh);
+    return ssl_conns.lookup_or_try_init(&key, &fresh);
+}
+
+static __always_inline void note_fd(s64 fd) {
+    struct conn_t *conn = current_conn();
     if (conn)
         conn->fd = fd;
 }
 
 static __always_inline void note_sock(u64 sk) {
-    u64 id = bpf_get_current_pid_tgid();
-    struct call_t *call = calls.lookup(&id);
-    if (!call)
-        return;
-    struct ssl_key_t key = {.ssl = call->ssl, .tgid = id >> 32};
-    struct conn_t fresh = {.sk = 0, .fd = -1};
-    struct conn_t *conn = ssl_conns.lookup_or_try_init(&key, &fresh);
+    struct conn_t *conn = current_conn();
     if (conn)
         conn->sk = sk;
 }
