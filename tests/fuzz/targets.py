@@ -203,6 +203,10 @@ def _with_gaps(chunk: FrameChunk, gap: int) -> FrameChunk:
 # --- TCP reassembly ----------------------------------------------------------------------------------------
 
 
+# The bytes every tcp input's stream is cut from (a pattern with no short period, so a misplaced piece shows).
+_TCP_STREAM = bytes((i * 7 + i // 251) & 0xFF for i in range(8192))
+
+
 def tcp(data: bytes) -> None:
     """Header: ISN u32, stream length u16, flags u8 (bit 0: SYN seen, bit 1: a small out-of-order limit);
     then segments (start u16, length u16, consume u8): stream[start:start+length] arrives, then the
@@ -211,7 +215,7 @@ def tcp(data: bytes) -> None:
     isn = int.from_bytes(cur.take(4).ljust(4, b"\0"), "big")
     size = cur.u16() % 8192 + 1
     flags = cur.u8()
-    stream = bytes((i * 7 + i // 251) & 0xFF for i in range(size))
+    stream = _TCP_STREAM[:size]
     half = HalfStream()
     if flags & 1:
         half.start((isn - 1) & 0xFFFFFFFF)
@@ -231,8 +235,7 @@ def tcp(data: bytes) -> None:
         if first_seen is None:
             first_seen = 0 if flags & 1 else start
         half.add((isn + start) & 0xFFFFFFFF, piece, ts)
-        for i in range(start, start + len(piece)):
-            covered[i] = 1
+        covered[start : start + len(piece)] = b"\1" * len(piece)
         missing = half.hole(ts, limit, 10**12, False)
         if missing:
             lost.append((half.off, missing))
@@ -252,7 +255,7 @@ def tcp(data: bytes) -> None:
         _check_buffer(half, stream, first_seen)
     if first_seen is not None:
         assert half.seq_at(0) == (isn + first_seen) & 0xFFFFFFFF
-        expected_end = max((i for i in range(size) if covered[i]), default=-1) + 1 - first_seen
+        expected_end = covered.rfind(1) + 1 - first_seen
         assert half.off == max(expected_end, 0), f"stream ends at {half.off}, data reached {expected_end}"
 
 
