@@ -183,6 +183,13 @@ class Store:
             else:
                 self.client.insert_arrow(table, arrow_table, settings=dict(settings or {}))
 
+    def purge_engine_memory(self) -> None:
+        """The embedded engine's allocator keeps freed pages for seconds: give them back now (a server
+        manages its own memory: nothing to do)."""
+        if self.kind == "chdb":
+            with suppress(Exception):  # an engine built without jemalloc refuses the command
+                self.client.command("SYSTEM JEMALLOC PURGE")
+
     def close(self) -> None:
         self.client.close()
 

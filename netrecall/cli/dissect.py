@@ -47,7 +47,9 @@ def dissect_command(
         return
     from netrecall.dissect.calls import DissectConfig
     from netrecall.dissect.runner import dissect
+    from netrecall.memory import return_memory_promptly
 
+    return_memory_promptly()
     since_ns = parse_time_ns(since) if since else None
     until_ns = parse_time_ns(until) if until else None
     config = DissectConfig(body_limit=parse_size_bytes(body_limit))

@@ -46,7 +46,9 @@ def serve(
     from netrecall.hub.app import build_app
     from netrecall.hub.auth import check_bind, resolve_token
     from netrecall.hub.service import Service
+    from netrecall.memory import return_memory_promptly
 
+    return_memory_promptly()  # agents' batches stream through: peak RSS should track one batch
     secret = resolve_token(token, token_file)
     check_bind(host, secret)  # before opening anything: an exposed, open hub never starts
     shown_host = f"[{host}]" if ":" in host else host
