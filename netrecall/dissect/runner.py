@@ -92,8 +92,12 @@ def dissect(
     progress: bool = False,
     chunk_packets: int = DEFAULT_CHUNK_PACKETS,
     config: DissectConfig | None = None,
+    merge_after: bool = True,
 ) -> DissectSummary:
-    """Dissect [since, until) (default: from the watermark, or the first packet, to the last packet)."""
+    """Dissect [since, until) (default: from the watermark, or the first packet, to the last packet).
+
+    merge_after=False leaves the embedded engine's merges of the calls table held when the run ends, for
+    a caller whose process ends with it (the CLI): see BatchWriter."""
     started = time.perf_counter()
     source = PacketSource.for_run(snapshot, node)
     if snapshot and not store.scalar("EXISTS TABLE snapshot_packets"):
@@ -131,7 +135,7 @@ def dissect(
     # Calls get the time of their first packet, inside [since, until): when no call is stored there yet,
     # nothing this run writes can be a duplicate and the per-batch lookups are skipped.
     stored_before = source.calls_stored(store, since_ns, until_ns)
-    writer = BatchWriter(store, source.calls_table)
+    writer = BatchWriter(store, source.calls_table, merge_after=merge_after)
 
     def flush() -> None:
         calls = ctx.calls
