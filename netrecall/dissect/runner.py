@@ -14,7 +14,7 @@ import contextlib
 import ctypes
 import gc
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -207,14 +207,17 @@ def dissect(
 
 
 def _read_ahead(
-    reader: ThreadPoolExecutor, source: PacketSource, store: Store, slices: list[Slice]
+    reader: ThreadPoolExecutor, source: PacketSource, store: Store, slices: list[Slice], depth: int = 2
 ) -> Iterator[tuple[Slice, PacketChunk]]:
-    """The slices' packets in order, each next one already being read while the caller parses this one."""
-    upcoming = reader.submit(source.read, store, slices[0]) if slices else None
+    """The slices' packets in order, the next `depth` already being read while the caller parses this
+    one. The reader needs the GIL for its share of each read, which the parsing holds: a read took 0.13 to
+    0.6 s of wall time for 0.04 s of CPU, and with one slice ahead the parsing waited for 15% of the
+    PostgreSQL benchmark's run (measured); two ahead absorb the spread."""
+    upcoming = deque(reader.submit(source.read, store, piece) for piece in slices[:depth])
     for index, piece in enumerate(slices):
-        assert upcoming is not None
-        chunk = upcoming.result()
-        upcoming = reader.submit(source.read, store, slices[index + 1]) if index + 1 < len(slices) else None
+        chunk = upcoming.popleft().result()
+        if index + depth < len(slices):
+            upcoming.append(reader.submit(source.read, store, slices[index + depth]))
         yield piece, chunk
         del chunk
 
