@@ -59,6 +59,25 @@ def test_dissecting_twice_creates_no_duplicates(store: Store) -> None:
     assert third.total_calls == 0 and counts(store) == (n, n)
 
 
+def test_calls_merges_stay_held_after_the_run_only_when_asked(store: Store) -> None:
+    """merge_after=False (the CLI, whose process ends with the run) leaves the engine's merges of
+    api_calls held at the end instead of starting merges the exit would cancel; by default they run."""
+    from netrecall.errors import NetrecallError
+
+    import_files(store, [PYTHON])
+    assert dissect(store, merge_after=False).total_calls == counts(store)[0] > 0
+    with pytest.raises(NetrecallError, match="Cancelled merging parts"):
+        store.command("OPTIMIZE TABLE api_calls FINAL")
+    import_files(store, [DNSMASQ])
+    assert dissect(store).total_calls > 0
+    store.command("OPTIMIZE TABLE api_calls FINAL")
+    parts, partitions = store.rows(
+        "SELECT count(), uniqExact(partition) FROM system.parts WHERE active "
+        "AND database = currentDatabase() AND table = 'api_calls'"
+    )[0]
+    assert parts == partitions
+
+
 def test_call_fields_in_the_table(store: Store) -> None:
     import_files(store, [PYTHON])
     dissect(store)

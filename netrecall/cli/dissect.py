@@ -63,6 +63,7 @@ def dissect_command(
             snapshot=snapshot,
             progress=sys.stderr.isatty(),
             config=config,
+            merge_after=False,  # this process ends here; the next one to open the store merges
         )
     finally:
         store.close()

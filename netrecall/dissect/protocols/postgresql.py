@@ -48,6 +48,7 @@ FRONTEND_TYPES = frozenset(b"BCcdDEfFHpPQSX")
 BACKEND_TYPES = frozenset(b"123ACcDdEGHIKnNRsStTvVWZ")
 # ErrorResponse fields: S severity (localised), V severity, C SQLSTATE code, M message
 _INT32 = struct.Struct("!i")
+Body = bytes | bytearray  # a message's body: a slice of the stream's buffer, not copied again
 _TAG_ROWS = frozenset(("SELECT", "INSERT", "UPDATE", "DELETE", "COPY", "FETCH", "MOVE", "MERGE"))
 # The rows produced by each kind of frontend message, and the backend message that completes it.
 _COMPLETED_BY = {"Parse": 0x31, "Bind": 0x32, "Close": 0x33}
@@ -55,6 +56,10 @@ _ENDED_BY_READY = frozenset(("Startup", "Query", "Sync", "FunctionCall"))
 # Backend messages that neither complete nor change the answer they belong to, beyond its size:
 # DataRow, CopyData, ParameterStatus, NoticeResponse, ParameterDescription, CopyDone.
 _JUST_COUNTED = frozenset(b"DdSNtc")
+# Backend messages that only count into the answer under way: ParameterStatus, BackendKeyData, Notice,
+# NotificationResponse, FunctionCallResponse.
+_STATUS = frozenset(b"SKNAv")
+_COMPLETIONS = frozenset(b"123")
 
 
 class Pending:
@@ -91,7 +96,7 @@ class Pending:
         self.copy_out = 0  # CopyData bytes the server sent
         self.reply_ts = 0
         self.reply_size = 0
-        self.tags: list[str] = []
+        self.tags: list[str] | None = None  # CommandComplete tags; most messages have none
         self.rows = 0
         self.error = ""
         self.sqlstate = ""
@@ -100,14 +105,14 @@ class Pending:
         self.suspended = False
 
 
-def _cstring(body: bytes, pos: int) -> tuple[str, int]:
+def _cstring(body: Body, pos: int) -> tuple[str, int]:
     end = body.find(b"\0", pos)
     if end < 0:
         raise ParseError("string without its terminating NUL")
     return body[pos:end].decode("utf-8", "replace"), end + 1
 
 
-def _error_fields(body: bytes) -> dict[str, str]:
+def _error_fields(body: Body) -> dict[str, str]:
     """The fields of an ErrorResponse or NoticeResponse by their one-letter code."""
     fields: dict[str, str] = {}
     pos = 0
@@ -276,7 +281,7 @@ class PostgresSession:
                             si += 1
                         last_ts = seg_ts[si]
                     seq = (seq0 + base + pos) & 0xFFFFFFFF  # half.seq_at, inlined
-                    handle(d, type_byte, bytes(buf[pos + 5 : end]), ts, seq, 1 + length, last_ts)
+                    handle(d, type_byte, buf[pos + 5 : end], ts, seq, 1 + length, last_ts)
                     pos = end
                     continue
                 if state == OPAQUE:
@@ -396,7 +401,7 @@ class PostgresSession:
         self.database = params.get("database", "") or self.user  # the server's own default
 
     def _frontend_message(
-        self, d: _Direction, type_byte: int, body: bytes, ts: int, seq: int, size: int, last_ts: int
+        self, d: _Direction, type_byte: int, body: Body, ts: int, seq: int, size: int, last_ts: int
     ) -> None:
         kind = ""
         sql = ""
@@ -460,14 +465,10 @@ class PostgresSession:
             self._emit(request)
 
     def _backend_message(
-        self, d: _Direction, type_byte: int, body: bytes, ts: int, seq: int, size: int, last_ts: int
+        self, d: _Direction, type_byte: int, body: Body, ts: int, seq: int, size: int, last_ts: int
     ) -> None:
-        if type_byte in (0x53, 0x4B, 0x4E, 0x41, 0x76):  # ParameterStatus, BackendKeyData, Notice, ...
-            if self.pending:
-                self._answered(self.pending[0], ts, size, last_ts)
-            return
-        head = self.pending[0] if self.pending else None
-        if head is None:
+        pending = self.pending
+        if not pending:
             if type_byte == 0x45:  # an error nothing asked for is still worth a row
                 orphan = Pending("", "", ts, seq, 0)
                 self._answered(orphan, ts, size, last_ts)
@@ -475,34 +476,44 @@ class PostgresSession:
                 orphan.partial = True
                 self._emit(orphan, has_request=False)
             return
-        self._answered(head, ts, size, last_ts)
+        head = pending[0]
+        if not head.reply_ts:  # _answered, inlined: every backend message passes here
+            head.reply_ts = ts
+        head.reply_size += size
+        head.last_ts = last_ts
+        if type_byte in _STATUS:
+            return
         if d.skipped:
             head.partial = True
             d.skipped = False
-        if type_byte == 0x45:  # E
-            self._failed(head, body)
-        elif type_byte == 0x5A:  # Z: ReadyForQuery ends a Query, a Sync, the startup
+        # the type bytes below are all different, so the most frequent go first
+        if type_byte == 0x5A:  # Z: ReadyForQuery ends a Query, a Sync, the startup
             self._ready()
         elif type_byte == 0x43:  # C: CommandComplete
             tag = _cstring(body, 0)[0]
-            head.tags.append(tag)
+            if head.tags is None:
+                head.tags = [tag]
+            else:
+                head.tags.append(tag)
             head.rows += _rows_of(tag)
             if head.kind == "Execute":
                 self._done()
-        elif type_byte in (0x49, 0x73):  # I: EmptyQueryResponse, s: PortalSuspended
+        elif type_byte in _COMPLETIONS:  # 1 ParseComplete, 2 BindComplete, 3 CloseComplete
+            if _COMPLETED_BY.get(head.kind) == type_byte:
+                self._done()
+        elif type_byte == 0x54 or type_byte == 0x6E:  # T RowDescription, n NoData: answer a Describe
+            if head.kind == "Describe":
+                self._done()
+        elif type_byte == 0x45:  # E
+            self._failed(head, body)
+        elif type_byte == 0x49 or type_byte == 0x73:  # I: EmptyQueryResponse, s: PortalSuspended
             head.suspended = type_byte == 0x73
             if head.kind == "Execute":
                 self._done()
         elif type_byte == 0x64:  # d: CopyData
             head.copy_out += len(body)
-        elif type_byte in (0x54, 0x6E):  # T RowDescription, n NoData: the answer to a Describe
-            if head.kind == "Describe":
-                self._done()
-        elif _COMPLETED_BY.get(head.kind) == type_byte:
-            self._done()
-        elif type_byte == 0x56 and head.kind == "FunctionCall":
-            pass  # its ReadyForQuery ends it
-        # R (authentication), t, D, G/H/W (COPY starts), c: part of the head's answer
+        # R (authentication), t, D, G/H/W (COPY starts), c, V (a FunctionCall's result, ended by its
+        # ReadyForQuery): part of the head's answer
 
     def _answered(self, item: Pending, ts: int, size: int, last_ts: int) -> None:
         if not item.reply_ts:
@@ -527,7 +538,7 @@ class PostgresSession:
                 item.partial = True  # ReadyForQuery before its completion: the answer went missing
                 self._emit(item)
 
-    def _failed(self, head: Pending, body: bytes) -> None:
+    def _failed(self, head: Pending, body: Body) -> None:
         """ErrorResponse: a Query or the startup keeps it; an extended message gets a row and the server
         skips what follows up to the next Sync."""
         self._error(head, body)
@@ -542,7 +553,7 @@ class PostgresSession:
         while self.pending and self.pending[0].kind != "Sync":
             self.pending.popleft()
 
-    def _error(self, item: Pending, body: bytes) -> None:
+    def _error(self, item: Pending, body: Body) -> None:
         try:
             fields = _error_fields(body)
         except ParseError:
@@ -568,7 +579,7 @@ class PostgresSession:
             "response_body_size": item.reply_size,
             "has_response": bool(reply_ts),
             "elapsed_time": max(0, reply_ts - ts) // 1000 if reply_ts and has_request else 0,
-            "command_tag": "; ".join(item.tags),
+            "command_tag": "; ".join(item.tags) if item.tags else "",
             "result_rows": item.rows,
             "partial": item.partial,
             "first_packet_ts": ts,
