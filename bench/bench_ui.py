@@ -224,13 +224,19 @@ def _live_batches(count: int) -> list[bytes]:
     ]
 
 
-def _measure_live(context, base: str, client) -> list[float]:
-    """Seconds from each batch's POST to its calls standing in the followed table."""
+def _signed_in(context, base: str):
+    """A new page of the hub, signed in through its login form."""
     page = context.new_page()
     page.goto(f"{base}/")
     page.wait_for_selector("#login:not([hidden])")
     page.fill("#token", TOKEN)
     page.click("#login-form button")
+    return page
+
+
+def _measure_live(context, base: str, client) -> list[float]:
+    """Seconds from each batch's POST to its calls standing in the followed table."""
+    page = _signed_in(context, base)
     page.wait_for_selector("#calls[data-state]")
     page.click("#live")
     page.wait_for_function("() => document.querySelector('#live-state').textContent.includes('following')")
@@ -282,11 +288,7 @@ def run() -> bool:
                 args=ARGS,
                 viewport={"width": 1400, "height": 900},
             )
-            page = context.new_page()
-            page.goto(f"{base}/")
-            page.wait_for_selector("#login:not([hidden])")
-            page.fill("#token", TOKEN)
-            page.click("#login-form button")
+            page = _signed_in(context, base)
             page.wait_for_selector("#calls[data-state=ready] tbody tr[data-id]")
             weight = page.evaluate(
                 "() => [...performance.getEntriesByType('navigation'), "
