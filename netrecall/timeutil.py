@@ -36,6 +36,11 @@ def parse_duration_ns(text: str) -> int:
     return int(total)
 
 
+# Times are signed 64-bit nanoseconds, as the store's DateTime64(9) and KFL hold them: 1677 to 2262.
+MIN_TIME_NS = -(2**63)
+MAX_TIME_NS = 2**63 - 1
+
+
 def parse_time_ns(text: str, now_ns: int | None = None) -> int:
     """RFC 3339 ('2026-03-14T22:00:00Z', ns precision kept), relative ('-30m', 'now') or epoch seconds."""
     value = text.strip()
@@ -43,11 +48,15 @@ def parse_time_ns(text: str, now_ns: int | None = None) -> int:
     if value == "now":
         return now
     if value.startswith("-"):
-        return now - parse_duration_ns(value[1:])
-    if re.fullmatch(r"\d+(\.\d+)?", value):
+        ts = now - parse_duration_ns(value[1:])
+    elif re.fullmatch(r"\d+(\.\d+)?", value):
         whole, _, frac = value.partition(".")
-        return int(whole) * 1_000_000_000 + int((frac + "000000000")[:9])
-    return _parse_rfc3339_ns(value)
+        ts = int(whole) * 1_000_000_000 + int((frac + "000000000")[:9])
+    else:
+        ts = _parse_rfc3339_ns(value)
+    if not MIN_TIME_NS <= ts <= MAX_TIME_NS:
+        raise NetrecallError(f"time {text!r} is out of range: times lie between 1677 and 2262")
+    return ts
 
 
 def _parse_rfc3339_ns(value: str) -> int:
