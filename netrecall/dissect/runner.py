@@ -22,7 +22,7 @@ from netrecall.dissect.engine import Engine, PacketChunk
 from netrecall.dissect.source import PacketSource, Slice
 from netrecall.dissect.writer import BatchWriter, calls_to_arrow, dedupe, enrich
 from netrecall.errors import NetrecallError
-from netrecall.memory import release_memory
+from netrecall.memory import Releaser
 from netrecall.store import Store
 
 DEFAULT_CHUNK_PACKETS = 40_000
@@ -134,7 +134,8 @@ def dissect(
     # Calls get the time of their first packet, inside [since, until): when no call is stored there yet,
     # nothing this run writes can be a duplicate and the per-batch lookups are skipped.
     stored_before = source.calls_stored(store, since_ns, until_ns)
-    writer = BatchWriter(store, source.calls_table, merge_after=merge_after)
+    release = Releaser(store)
+    writer = BatchWriter(store, source.calls_table, merge_after=merge_after, release=release)
 
     def flush() -> None:
         calls = ctx.calls
@@ -175,7 +176,7 @@ def dissect(
             summary.chunks += 1
             del chunk
             flush()
-            release_memory(store)
+            release()
             if bar is not None:
                 bar.advance(summary.packets - bar.done)
         pending = engine.pending_ts()

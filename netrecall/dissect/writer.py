@@ -204,6 +204,8 @@ class BatchWriter:
     again after HELD_MERGE_ROWS rows, so a long run does not pile up parts, and at close unless
     `merge_after` is False (a process about to exit would only cancel the merge it had just begun; the
     next process that opens the store merges). A server store is shared: there merges are left alone.
+
+    After each insert `release` runs (the run's `memory.Releaser`; alone, the engine's purge).
     """
 
     def __init__(
@@ -214,6 +216,7 @@ class BatchWriter:
         idle_rows: int = 20_000,
         batch_bytes: int = BATCH_BYTES,
         merge_after: bool = True,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.table = table
@@ -228,6 +231,7 @@ class BatchWriter:
         self.merge_after = merge_after
         self.merges_held = store.kind == "chdb"
         self.inserted = 0
+        self.release = release or store.purge_engine_memory
         if self.merges_held:
             store.command(f"SYSTEM STOP MERGES {table}")
 
@@ -277,7 +281,7 @@ class BatchWriter:
     def _insert(self, batch: pa.Table) -> None:
         self.store.insert_arrow(self.table, batch, _insert_settings(batch))
         del batch
-        self.store.purge_engine_memory()  # the insert's blocks, freed: otherwise kept for seconds
+        self.release()  # the insert's blocks are freed: the engine keeps their pages for seconds
 
     def _wait(self) -> None:
         if self.inflight is not None:
