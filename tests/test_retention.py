@@ -7,13 +7,19 @@ import random
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from netrecall.cli.retention import parse_budget_bytes, parse_ttl_seconds
 from netrecall.errors import NetrecallError
 from netrecall.schema.migrate import current_ttl_seconds
-from netrecall.schema.retention import apply_retention, format_duration, stored_max_bytes
+from netrecall.schema.retention import (
+    apply_retention,
+    clear_outdated_parts,
+    format_duration,
+    stored_max_bytes,
+)
 from netrecall.schema.tables import ROLLING_TABLES, TABLES
 from netrecall.store import Store
 
@@ -171,3 +177,33 @@ def test_retention_command_end_to_end(tmp_path):
     assert bad.stderr.strip().splitlines() == [
         "netrecall: error: invalid duration 'forever': expected forms like 30s, 5m, 72h, 1h30m"
     ]
+
+
+def test_outdated_parts_leave_the_disk_and_the_rows_stay(store: Store):
+    """A merge's source parts stay on an embedded store's disk (the engine never cleans them up) until
+    clear_outdated_parts; rows and their bytes are unchanged by it."""
+    if store.kind != "chdb":
+        pytest.skip("a server removes outdated parts itself")
+    now_hour = hour_start(store)
+    for seed in (1, 2, 3):
+        insert_hour(store, now_hour, seed=seed)  # three parts of one partition
+    store.command("OPTIMIZE TABLE packets FINAL")  # merged into one: the three are outdated now
+    path = store.scalar(
+        "SELECT data_paths[1] FROM system.tables WHERE database = currentDatabase() AND name = 'packets'"
+    )
+    on_disk = lambda: sorted(p.name for p in Path(path).iterdir() if p.name[0].isdigit())  # noqa: E731
+    active = [
+        r[0]
+        for r in store.rows(
+            "SELECT name FROM system.parts "
+            "WHERE database = currentDatabase() AND table = 'packets' AND active"
+        )
+    ]
+    digest = "SELECT count(), sum(cityHash64(data)) FROM packets"
+    before = store.rows(digest)
+    assert len(active) == 1 and len(on_disk()) == 4
+
+    assert clear_outdated_parts(store) >= 3
+    assert on_disk() == active
+    assert store.rows(digest) == before
+    assert store.rows(digest)[0][0] == 3 * FRAMES_PER_HOUR

@@ -54,12 +54,15 @@ def hub_client(url: str, token: str | None = None):
 
 
 def open_cli_store(store_url: str | None):
-    """Open the store named on the command line (or the default) with its schema in place."""
+    """Open the store named on the command line (or the default) with its schema in place, and the parts
+    earlier processes' merges replaced off its disk (an embedded engine leaves them there)."""
     from netrecall.schema.migrate import ensure_schema
+    from netrecall.schema.retention import clear_outdated_parts
     from netrecall.store import open_store
 
     store = open_store(store_url or default_store_url())
     ensure_schema(store)
+    clear_outdated_parts(store)
     return store
 
 
