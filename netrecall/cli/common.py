@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from datetime import date, datetime
 from enum import Enum, StrEnum
 from ipaddress import IPv4Address, IPv6Address
@@ -62,7 +63,8 @@ def open_cli_store(store_url: str | None):
 
     store = open_store(store_url or default_store_url())
     ensure_schema(store)
-    clear_outdated_parts(store)
+    with suppress(NetrecallError):  # housekeeping (a full disk may refuse it): never why a command fails
+        clear_outdated_parts(store)
     return store
 
 
