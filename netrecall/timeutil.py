@@ -36,7 +36,8 @@ def parse_duration_ns(text: str) -> int:
     return int(total)
 
 
-# Times are signed 64-bit nanoseconds, as the store's DateTime64(9) and KFL hold them: 1677 to 2262.
+# Times (and durations) are signed 64-bit nanoseconds, as the store's DateTime64(9) and KFL's bound
+# parameters hold them: 1677 to 2262.
 MIN_TIME_NS = -(2**63)
 MAX_TIME_NS = 2**63 - 1
 

@@ -49,7 +49,7 @@ from netrecall.query.kfl.nodes import (
     dotted_name,
 )
 from netrecall.query.kfl.parser import parse_with_notes
-from netrecall.timeutil import parse_duration_ns, parse_time_ns
+from netrecall.timeutil import MAX_TIME_NS, MIN_TIME_NS, parse_duration_ns, parse_time_ns
 
 NUMERIC = (INT, DOUBLE)
 COMPARE_OPS = {"==": exp.EQ, "!=": exp.NEQ, "<": exp.LT, "<=": exp.LTE, ">": exp.GT, ">=": exp.GTE}
@@ -58,7 +58,6 @@ MACROS = {"exists", "all", "exists_one", "filter", "map"}
 STRING_METHODS = {"contains", "startsWith", "endsWith", "matches", "lowerAscii", "upperAscii", "size"}
 GLOBAL_FUNCTIONS = {"size", "map_get", "timestamp", "duration", "now", "string", "int", "double", "matches"}
 _NOTHING = object()
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # times and durations are bound as Int64 nanoseconds
 _LEGACY_OPS = {"and": "&&", "or": "||", "not": "!"}
 
 
@@ -311,7 +310,7 @@ class Compiler:
                 value = parse_time_ns(arg.const) if name == "timestamp" else parse_duration_ns(arg.const)
             except NetrecallError as exc:
                 raise self.error(str(exc), node.args[0]) from None
-            if not _INT64_MIN <= value <= _INT64_MAX:  # bound as Int64 nanoseconds (fuzz/kfl)
+            if not MIN_TIME_NS <= value <= MAX_TIME_NS:  # bound as Int64 nanoseconds (fuzz/kfl)
                 raise self.error(f"{name}() is out of range: times lie between 1677 and 2262", node.args[0])
             return self.const(TIMESTAMP if name == "timestamp" else DURATION, value)
         if name == "map_get":
@@ -546,7 +545,7 @@ class Compiler:
             self.params.pop(_param_name(_placeholder(left.expr)), None)
             self.params.pop(_param_name(_placeholder(right.expr)), None)
             value = left.const + right.const if op == "+" else left.const - right.const
-            if not _INT64_MIN <= value <= _INT64_MAX:
+            if not MIN_TIME_NS <= value <= MAX_TIME_NS:
                 raise self.error(f"the {result} is out of range: times lie between 1677 and 2262", node)
             return self.const(result, value)
         lhs = _fn("toUnixTimestamp64Nano", left.expr) if left.type == TIMESTAMP else left.expr
