@@ -205,7 +205,8 @@ class BatchWriter:
     `merge_after` is False (a process about to exit would only cancel the merge it had just begun; the
     next process that opens the store merges). A server store is shared: there merges are left alone.
 
-    After each insert `release` runs (the run's `memory.Releaser`; alone, the engine's purge).
+    After each insert `release` runs: the run's `memory.Releaser`, which hands freed pages back once the
+    process has grown past its slack.
     """
 
     def __init__(
@@ -216,7 +217,8 @@ class BatchWriter:
         idle_rows: int = 20_000,
         batch_bytes: int = BATCH_BYTES,
         merge_after: bool = True,
-        release: Callable[[], None] | None = None,
+        *,
+        release: Callable[[], None],
     ) -> None:
         self.store = store
         self.table = table
@@ -231,7 +233,7 @@ class BatchWriter:
         self.merge_after = merge_after
         self.merges_held = store.kind == "chdb"
         self.inserted = 0
-        self.release = release or store.purge_engine_memory
+        self.release = release
         if self.merges_held:
             store.command(f"SYSTEM STOP MERGES {table}")
 
