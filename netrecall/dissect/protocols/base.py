@@ -21,6 +21,12 @@ MORE = -2  # cannot tell yet: wait for more bytes
 # detect() otherwise returns the side (0 or 1) that is the client
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits, at least one: what int() parses. str.isdigit() alone also takes '²' or '٣', which
+    int() then refuses (found by fuzzing HTTP/1)."""
+    return text.isascii() and text.isdigit()
+
+
 class ParseError(Exception):
     """Traffic that does not follow the protocol: the session turns it into a flagged row, never a crash."""
 

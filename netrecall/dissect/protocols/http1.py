@@ -22,7 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from netrecall.dissect.calls import Context, call_id
-from netrecall.dissect.protocols.base import MORE, NO, ParseError
+from netrecall.dissect.protocols.base import MORE, NO, ParseError, is_number
 
 if TYPE_CHECKING:
     from netrecall.dissect.tcp import HalfStream, TcpConn
@@ -322,8 +322,7 @@ class HttpSession:
         else:
             version, _, rest = first.partition(" ")
             code, _, reason = rest.partition(" ")
-            # isascii: str.isdigit() also takes '²' or '٣', which int() then refuses (fuzz/http1)
-            if not version.startswith("HTTP/") or len(code) != 3 or not (code.isascii() and code.isdigit()):
+            if not version.startswith("HTTP/") or len(code) != 3 or not is_number(code):
                 raise ParseError(f"bad status line {first[:60]!r}")
             msg.version, msg.status, msg.reason = version, int(code), reason.strip()
         # The header lines in one C-level pass; the careful loop only when something is unusual
@@ -359,7 +358,7 @@ class HttpSession:
         length = msg.header("Content-Length", "content-length")
         if length is not None:
             text = length.split(",")[0].strip()
-            if not text.isdigit():
+            if not is_number(text):
                 raise ParseError(f"bad Content-Length {length[:30]!r}")
             d.remaining = int(text)
             d.state = BODY_LEN if d.remaining else HEAD

@@ -42,7 +42,7 @@ from hpack.table import HeaderTable
 
 from netrecall.dissect.calls import Context, call_id
 from netrecall.dissect.protocols import http1
-from netrecall.dissect.protocols.base import MORE, NO, ParseError
+from netrecall.dissect.protocols.base import MORE, NO, ParseError, is_number
 
 if TYPE_CHECKING:
     from netrecall.dissect.tcp import HalfStream, TcpConn
@@ -829,7 +829,7 @@ class Http2Session:
         elif response.seen:
             call["elapsed_time"] = max(0, stream.last_ts - stream.ts) // 1000
         status = resp.get(":status", "")
-        http_status = int(status) if status.isdigit() else 0
+        http_status = int(status) if is_number(status) else 0
         if stream.reset:
             call["error_code"] = stream.reset
         if is_grpc:
@@ -856,7 +856,7 @@ def _grpc_columns(call: dict[str, Any], stream: Stream, resp: dict[str, str], ht
     call["request_messages"] = stream.request.messages
     call["response_messages"] = stream.response.messages
     text = resp.get("grpc-status", "")
-    if text.isdigit():
+    if is_number(text):
         code = int(text)
     elif stream.reset:
         code = RESET_TO_GRPC.get(stream.reset, GRPC_INTERNAL)
@@ -878,7 +878,7 @@ def _grpc_timeout_ns(headers: dict[str, str]) -> int:
     """The request's grpc-timeout (e.g. `499m`) in nanoseconds, 0 when absent or malformed."""
     text = headers.get("grpc-timeout", "")
     unit = TIMEOUT_UNITS.get(text[-1:])
-    if unit is None or not text[:-1].isdigit():
+    if unit is None or not is_number(text[:-1]):
         return 0
     return int(text[:-1]) * unit
 

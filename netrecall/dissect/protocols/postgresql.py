@@ -29,7 +29,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from netrecall.dissect.calls import Context, call_id, call_id_in, id_prefix
-from netrecall.dissect.protocols.base import MORE, NO, ParseError
+from netrecall.dissect.protocols.base import MORE, NO, ParseError, is_number
 
 if TYPE_CHECKING:
     from netrecall.dissect.tcp import HalfStream, TcpConn
@@ -126,7 +126,7 @@ def _error_fields(body: Body) -> dict[str, str]:
 def _rows_of(tag: str) -> int:
     """Rows a CommandComplete tag reports ('INSERT 0 3' -> 3, 'SELECT 2' -> 2, 'CREATE TABLE' -> 0)."""
     words = tag.split()
-    if len(words) >= 2 and words[0] in _TAG_ROWS and words[-1].isdigit():
+    if len(words) >= 2 and words[0] in _TAG_ROWS and is_number(words[-1]):
         return int(words[-1])
     return 0
 
