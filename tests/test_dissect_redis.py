@@ -15,10 +15,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netrecall.dissect.protocols.redis import KEY_COMMANDS
+from netrecall.dissect.protocols.base import ParseError
+from netrecall.dissect.protocols.redis import KEY_COMMANDS, parse_reply
 from netrecall.dissect.runner import dissect
 from netrecall.ingest.importer import import_files
 from netrecall.store import Store
@@ -392,3 +394,40 @@ def test_fuzzed_streams_never_break_the_run(
             seqs[sender] += len(payload)
     ctx = dissect_packets(packets, chunks=2)
     assert not any("parser failure" in (c.get("error") or "") for c in ctx.calls)
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(st.integers(0, 12), st.integers(1, 40)), min_size=1, max_size=5
+    ),  # (element size, how many in a row)
+    damaged=st.integers(0, 10_000),
+    cut=st.integers(0, 10_000),
+)
+def test_aggregate_walk_with_runs_of_equal_lengths(
+    runs: list[tuple[int, int]], damaged: int, cut: int
+) -> None:
+    """A list reply whose elements come in runs of one length (walked a byte column at a time) ends
+    exactly where it ends, keeps its first elements, is incomplete at every cut and breaks on a missing
+    CRLF at any element, as the element-by-element walk does."""
+    rng = random.Random(damaged)
+    values = [
+        bytes(rng.choice(b"ab$*\r\n") for _ in range(size)) for size, count in runs for _ in range(count)
+    ]
+    elements = [_bulk(v) for v in values]
+    reply = b"*%d\r\n" % len(values) + b"".join(elements)
+    following = b"*2\r\n" + elements[0] * 2  # a next reply that starts like this one's elements
+    parsed = parse_reply(bytearray(reply + following), 0)
+    assert parsed is not None and parsed.end == len(reply)
+    assert parsed.head == values[:3]
+    assert parse_reply(bytearray(reply[: 1 + cut % (len(reply) - 1)]), 0) is None
+    index = damaged % len(values)
+    crlf = len(b"*%d\r\n" % len(values)) + sum(map(len, elements[: index + 1])) - 2
+    broken = bytearray(reply)
+    broken[crlf] = ord("x")
+    with pytest.raises(ParseError, match="not followed by CRLF"):
+        parse_reply(broken, 0)
