@@ -70,6 +70,15 @@ class Proc:
         self._reader.join(5)
         return self.proc.returncode
 
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """A test that failed half-way must not leave its process running (an agent holds its capture)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def summary(self) -> dict:
         lines = [line for line in self.stdout.decode().splitlines() if line.startswith("{")]
         return json.loads(lines[-1]) if lines else {}
@@ -154,15 +163,23 @@ def two_pod_lab() -> Iterator[NetLab]:
             cwd="/usr/share/doc",
         )
         try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                url = f"http://{lab.pods['b'].ip}:8080/"
-                if subprocess.run(lab.in_pod("a", "curl", "-s", "-o", "/dev/null", url)).returncode == 0:
-                    break
-                time.sleep(0.2)
+            _wait_until_answering(lab, server, f"http://{lab.pods['b'].ip}:8080/")
             yield lab
         finally:
             server.terminate()
             server.wait(5)
     finally:
         lab.down()
+
+
+def _wait_until_answering(lab: NetLab, server: subprocess.Popen, url: str, seconds: float = 30.0) -> None:
+    """Return once pod a gets an answer from `url`; fail the test with the reason otherwise (a loaded
+    machine can take seconds to start the server: a test must not run against one that never came up)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"the HTTP server in pod b exited with {server.returncode}")
+        if subprocess.run(lab.in_pod("a", "curl", "-s", "-o", "/dev/null", url)).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the HTTP server in pod b did not answer {url} within {seconds:.0f} s")

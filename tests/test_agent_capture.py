@@ -7,6 +7,7 @@ The stored frames (interface, exact bytes) must equal tcpdump's, count for count
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -55,25 +56,36 @@ BACKENDS = [
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_stored_packets_equal_tcpdump(lab: NetLab, backend: str, tmp_path: Path) -> None:
+    with contextlib.ExitStack() as running:  # a failure half-way leaves neither tcpdump nor the agent behind
+        _stored_packets_equal_tcpdump(lab, backend, tmp_path, running)
+
+
+def _stored_packets_equal_tcpdump(
+    lab: NetLab, backend: str, tmp_path: Path, running: contextlib.ExitStack
+) -> None:
     a, b = lab.pods["a"], lab.pods["b"]
     store = f"chdb://{tmp_path}/store"
     dumps = {
-        pod.host_veth: start_tcpdump(lab.node(), pod.host_veth, tmp_path / f"{pod.host_veth}.pcap")
+        pod.host_veth: running.enter_context(
+            start_tcpdump(lab.node(), pod.host_veth, tmp_path / f"{pod.host_veth}.pcap")
+        )
         for pod in (a, b)
     }
-    agent = Proc(
-        agent_cmd(
-            "--iface",
-            f"veth*{lab.tag}",
-            "--backend",
-            backend,
-            "--store",
-            store,
-            "--spool-dir",
-            str(tmp_path / "spool"),
-            "--node",
-            "node-1",
-            prefix=lab.node(),
+    agent = running.enter_context(
+        Proc(
+            agent_cmd(
+                "--iface",
+                f"veth*{lab.tag}",
+                "--backend",
+                backend,
+                "--store",
+                store,
+                "--spool-dir",
+                str(tmp_path / "spool"),
+                "--node",
+                "node-1",
+                prefix=lab.node(),
+            )
         )
     )
     started = agent.wait_for("capturing with", 120)
