@@ -20,6 +20,7 @@ from netrecall.cli.common import (
     open_cli_store,
 )
 from netrecall.errors import NetrecallError
+from netrecall.memory import decay_engine_pages_quickly
 
 # --format names the capture format here (DESIGN §6), so the summary's format moves to --output-format.
 SummaryFormatOption = Annotated[OutputFormat, typer.Option("--output-format", help="Summary format")]
@@ -107,6 +108,7 @@ def export_pcap_command(
             raise NetrecallError("--schedule and --reason need --store (the hub's API does not take them)")
         result = export_through_hub(hub_client(url, token), url, out, filters, capture_format, annotate)
     else:
+        decay_engine_pages_quickly()
         store = open_cli_store(store_url)
         try:
             custody = Custody(schedule=schedule, reason=reason)

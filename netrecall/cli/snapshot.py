@@ -18,6 +18,7 @@ from netrecall.cli.common import (
     hub_client,
     open_cli_store,
 )
+from netrecall.memory import decay_engine_pages_quickly
 from netrecall.timeutil import format_time_ns
 
 snapshot_app = typer.Typer(help="Named snapshots: a window kept until deleted.", no_args_is_help=True)
@@ -53,6 +54,7 @@ def create_command(
         emit([created], fmt)
         return
     since_ns, until_ns = resolve_window(last, since, until)
+    decay_engine_pages_quickly()
     store = open_cli_store(store_url)
     try:
         info = create_snapshot(store, name, since_ns, until_ns, node or [], allow_partial=partial, note=note)
@@ -137,6 +139,7 @@ def export_command(
     from netrecall.query.snapshots import export_snapshot
 
     check_output_path(out)
+    decay_engine_pages_quickly()
     store = open_cli_store(store_url)
     try:
         summary = export_snapshot(store, name, out)
