@@ -54,6 +54,15 @@ BACKENDS = [
 ]
 
 
+def _veth_agent(lab: NetLab, backend: str, store: str, tmp_path: Path, *extra: str) -> list[str]:
+    """The agent in the node namespace, capturing every pod veth of the lab with `backend`."""
+    return agent_cmd(
+        *("--iface", f"veth*{lab.tag}", "--backend", backend, "--store", store),
+        *("--spool-dir", str(tmp_path / "spool"), *extra),
+        prefix=lab.node(),
+    )
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_stored_packets_equal_tcpdump(lab: NetLab, backend: str, tmp_path: Path) -> None:
     with contextlib.ExitStack() as running:  # a failure half-way leaves neither tcpdump nor the agent behind
@@ -71,23 +80,7 @@ def _stored_packets_equal_tcpdump(
         )
         for pod in (a, b)
     }
-    agent = running.enter_context(
-        Proc(
-            agent_cmd(
-                "--iface",
-                f"veth*{lab.tag}",
-                "--backend",
-                backend,
-                "--store",
-                store,
-                "--spool-dir",
-                str(tmp_path / "spool"),
-                "--node",
-                "node-1",
-                prefix=lab.node(),
-            )
-        )
-    )
+    agent = running.enter_context(Proc(_veth_agent(lab, backend, store, tmp_path, "--node", "node-1")))
     started = agent.wait_for("capturing with", 120)
     assert ("eBPF" in started) == (backend == "ebpf"), started
     http_traffic(lab.in_pod("a"), f"http://{b.ip}:8080/", 40, parallel=4)
@@ -217,19 +210,7 @@ def test_inventory_identity_and_prometheus_metrics(lab: NetLab, tmp_path: Path) 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_follows_pod_veths_as_they_come_and_go(lab: NetLab, backend: str, tmp_path: Path) -> None:
     store = f"chdb://{tmp_path}/store"
-    agent = Proc(
-        agent_cmd(
-            "--iface",
-            f"veth*{lab.tag}",
-            "--backend",
-            backend,
-            "--store",
-            store,
-            "--spool-dir",
-            str(tmp_path / "spool"),
-            prefix=lab.node(),
-        )
-    )
+    agent = Proc(_veth_agent(lab, backend, store, tmp_path))
     agent.wait_for("capturing with", 120)
     pod = lab.add_pod("c", 12)  # a new pod after the agent started
     try:
