@@ -157,7 +157,7 @@ def parse_reply(buf: bytearray, pos: int) -> Reply | None:
     return _aggregate(buf, pos, type_byte)
 
 
-_RUN_MIN = 8  # elements left at a level before a run of equal-length ones is looked for
+_RUN_MIN = 8  # elements at a level from which runs of equal-length ones are looked for
 
 
 def _same_length_run(buf: bytearray, start: int, length_line: bytearray, stride: int, most: int) -> int:
@@ -199,6 +199,7 @@ def _aggregate(buf: bytearray, start: int, top_type: int) -> Reply | None:
             # a bulk string whose text is not kept, and the ones that follow it at this level (the
             # elements of an LRANGE or HGETALL reply): skipped in a tight loop, the checks inlined
             left = remaining[-1] + 1
+            runs = left > _RUN_MIN  # looked for until two elements in a row differ in length
             while True:
                 try:
                     size = int(buf[pos + 1 : eol])
@@ -215,11 +216,14 @@ def _aggregate(buf: bytearray, start: int, top_type: int) -> Reply | None:
                         return None
                     if buf[end - 2] != 13 or buf[end - 1] != 10:
                         raise ParseError("bulk string not followed by CRLF")
-                    if left >= _RUN_MIN and buf.startswith(buf[pos : eol + 2], end):
-                        # the next element has the same length line: the run of them is skipped at once
-                        run = _same_length_run(buf, end, buf[pos : eol + 2], end - pos, left)
-                        left -= run
-                        end += run * (end - pos)
+                    if runs:
+                        if buf.startswith(buf[pos : eol + 2], end):
+                            # the next element has the same length line: the run is skipped at once
+                            run = _same_length_run(buf, end, buf[pos : eol + 2], end - pos, left)
+                            left -= run
+                            end += run * (end - pos)
+                        else:  # lengths vary here: the check would only cost
+                            runs = False
                     pos = end
                 if not left or pos >= n or buf[pos] != 36:
                     break
