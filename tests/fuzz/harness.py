@@ -36,8 +36,8 @@ def main() -> None:
     with atheris.instrument_imports(include=[*INSTRUMENT[name], "tests.fuzz"]):
         from tests.fuzz import targets
 
-        if name in DISSECTORS:  # the protocol modules are imported by the target on first use
-            targets.TARGETS[name](b"")
+        if name in DISSECTORS:  # the protocol modules (and Kafka's schemas) are imported on first use
+            targets.warm_up(name)
         elif name == "kfl":
             targets.kfl(b"http")
         elif name == "sqlguard":
