@@ -1,5 +1,6 @@
 """The Releaser hands memory back only once the process has grown past its slack, and follows the
-working set: a level that grew becomes the new reference, a level that shrank too.
+working set: a level that grew becomes the new reference, a level that shrank too. The streaming
+commands' engine setting hands a query's freed pages back within a second.
 
 Run in a fresh interpreter: in the test process, freed memory of earlier tests is reused by new
 allocations, so RSS need not grow when a test allocates."""
