@@ -73,6 +73,8 @@ REFUSED = [
     # sqlglot's parser backtracks through JOINs that lack their ON/USING, its time ~1.8x per JOIN
     ("SELECT 1 FROM api_calls" + " JOIN flows" * 9, "more than 8 JOINs without ON or USING"),
     ("SELECT 1 FROM t" + " LEFT JOIN a.b.c.d" * 12, "more than 8 JOINs without ON or USING"),
+    # ... and through `IF+IF+...`, its time doubling with each: a budget of backtracking refuses it
+    ("SELECT " + "+".join(["IF"] * 16), "would take too long"),
 ]
 
 ALLOWED = [
