@@ -217,9 +217,10 @@ def _aggregate(buf: bytearray, start: int, top_type: int) -> Reply | None:
                     if buf[end - 2] != 13 or buf[end - 1] != 10:
                         raise ParseError("bulk string not followed by CRLF")
                     if runs:
-                        if buf.startswith(buf[pos : eol + 2], end):
+                        line = buf[pos : eol + 2]
+                        if buf.startswith(line, end):
                             # the next element has the same length line: the run is skipped at once
-                            run = _same_length_run(buf, end, buf[pos : eol + 2], end - pos, left)
+                            run = _same_length_run(buf, end, line, end - pos, left)
                             left -= run
                             end += run * (end - pos)
                         else:  # lengths vary here: the check would only cost
