@@ -13,6 +13,7 @@ import dpkt
 import pytest
 
 from netrecall.dissect.runner import dissect
+from netrecall.dissect.source import PACKET_OBJECT_BYTES, PacketSource
 from netrecall.ingest.importer import import_files
 from netrecall.store import Store, open_store
 from tests.conftest import CAPTURES
@@ -146,6 +147,30 @@ def test_tiny_chunks_give_the_same_calls(store: Store, other_store: Store) -> No
     assert calls(other_store) == calls(store)
     n = small.total_calls
     assert counts(other_store) == (n, n)
+
+
+def test_slices_keep_to_their_byte_budget(store: Store, other_store: Store) -> None:
+    """Slices cut by bytes (payloads plus each packet's objects) rather than by packets: every packet in
+    exactly one slice, no slice over the budget by more than one packet, and the same calls."""
+    budget = 16 << 10
+    for target in (store, other_store):
+        import_files(target, [PYTHON, NGINX, DNSMASQ])
+    source = PacketSource()
+    total, first, last = source.bounds(store)
+    slices = source.plan(store, first, last + 1, chunk_packets=40_000, chunk_bytes=budget)
+    largest = store.scalar(f"SELECT max(payload_len) FROM packets WHERE {source.condition()}")
+    seen = 0
+    for piece in slices:
+        chunk = source.read(store, piece)
+        seen += len(chunk)
+        assert len(chunk) == piece.packets
+        size = sum(len(payload) for payload in chunk.payload) + len(chunk) * PACKET_OBJECT_BYTES
+        assert size <= budget + largest + PACKET_OBJECT_BYTES
+    assert seen == total and len(slices) > 3 * (sum(1 for _ in source.plan(store, first, last + 1, 40_000)))
+    whole = dissect(store)
+    small = dissect(other_store, chunk_bytes=budget)
+    assert small.chunks == len(slices) and whole.chunks < small.chunks
+    assert calls(other_store) == calls(store)
 
 
 def test_an_older_capture_imported_later_is_dissected(store: Store) -> None:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 from netrecall.dissect.calls import Context, DissectConfig
 from netrecall.dissect.engine import Engine, PacketChunk
-from netrecall.dissect.source import PacketSource, Slice
+from netrecall.dissect.source import SLICE_BYTES, PacketSource, Slice
 from netrecall.dissect.writer import BatchWriter, calls_to_arrow, dedupe, enrich
 from netrecall.errors import NetrecallError
 from netrecall.memory import Releaser
@@ -90,6 +90,7 @@ def dissect(
     snapshot: str | None = None,
     progress: bool = False,
     chunk_packets: int = DEFAULT_CHUNK_PACKETS,
+    chunk_bytes: int = SLICE_BYTES,
     config: DissectConfig | None = None,
     merge_after: bool = True,
 ) -> DissectSummary:
@@ -124,7 +125,7 @@ def dissect(
     if resumed:
         ctx.drop_orphans_before_ns = _state(store, source.scope + "|until") or 0
     engine = Engine(ctx)
-    slices = source.plan(store, since_ns, until_ns, chunk_packets)
+    slices = source.plan(store, since_ns, until_ns, chunk_packets, chunk_bytes)
     enriched = source.has_enrichment(store, since_ns, until_ns)
     nodes = source.nodes(store, since_ns, until_ns)
     only_node = nodes[0] if len(nodes) == 1 else ""

@@ -27,7 +27,13 @@ FLOWS = "flow_id >= {flow_lo:UInt64} AND flow_id <= {flow_hi:UInt64}"
 ENRICHMENT = ("pod", "namespace", "service", "workload", "node", "labels")
 MINUTE_NS = 60 * 1_000_000_000
 _FLOW_BUCKET = 1 << 54  # 1024 flow-id buckets per minute in the plan
-_EMPTY_HISTOGRAM = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+# A slice's packets live as Python objects while they are parsed, and two more slices are read ahead: what
+# one packet costs besides its payload (a bytes object, ints, ten list slots: ~250 bytes, measured with
+# tracemalloc), and how much of that a slice may hold. At 8 MiB, slices of the HTTP benchmark capture
+# (~500-byte payloads) hold ~11,000 packets, those of the PostgreSQL one (~44) stay at DEFAULT_CHUNK_PACKETS;
+# dissect's peak RSS on the HTTP capture went from +380 to ~+290 MB over the store's floor (bench_memory).
+PACKET_OBJECT_BYTES = 256
+SLICE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -103,86 +109,96 @@ class PacketSource:
         )
         return int(value) if value is not None else None
 
-    def plan(self, store: Store, since_ns: int, until_ns: int, chunk_packets: int) -> list[Slice]:
-        """Cut [since, until) into slices of about `chunk_packets` packets that the sort key can read
+    def plan(
+        self, store: Store, since_ns: int, until_ns: int, chunk_packets: int, chunk_bytes: int = SLICE_BYTES
+    ) -> list[Slice]:
+        """Cut [since, until) into slices of at most about `chunk_packets` packets and `chunk_bytes` of
+        packets as Python objects (payloads plus PACKET_OBJECT_BYTES each) that the sort key can read
         cheaply: packets are ordered by (minute, flow_id, ts), so a slice is one minute (clipped to the
         range) times a range of flow ids; a flow-id bucket too big for one slice is cut by time.
         """
         params = {**self.params, "since_ns": since_ns, "until_ns": until_ns}
         cells = store.rows(
             "SELECT toUnixTimestamp64Nano(toDateTime64(toStartOfMinute(ts), 9)) AS m, "
-            f"intDiv(flow_id, {_FLOW_BUCKET}) AS b, count() "
+            f"intDiv(flow_id, {_FLOW_BUCKET}) AS b, count(), sum(payload_len) "
             f"FROM {self.table} WHERE {self.condition()} AND {RANGE} GROUP BY m, b ORDER BY m, b",
             params,
         )
-        histograms = self._histograms(store, cells, since_ns, until_ns, chunk_packets)
+        budget = _Budget(chunk_packets, chunk_bytes)
+        histograms = self._histograms(store, cells, since_ns, until_ns, budget)
         slices: list[Slice] = []
-        open_lo, acc, minute = -1, 0, None
+        open_lo, acc, acc_bytes, minute = -1, 0, 0, None
 
         def close(hi_bucket: int) -> None:
-            nonlocal open_lo, acc
+            nonlocal open_lo, acc, acc_bytes
             if open_lo >= 0 and acc:
                 assert minute is not None
                 lo, hi = max(minute, since_ns), min(minute + MINUTE_NS, until_ns)
                 flow_hi = min((hi_bucket + 1) * _FLOW_BUCKET - 1, 2**64 - 1)
                 slices.append(Slice(lo, hi, open_lo * _FLOW_BUCKET, flow_hi, acc, lo))
-            open_lo, acc = -1, 0
+            open_lo, acc, acc_bytes = -1, 0, 0
 
         last_bucket = -1
-        for m, bucket, count in cells:
+        for m, bucket, count, payload in cells:
             m, bucket, count = int(m), int(bucket), int(count)
+            size = budget.bytes_of(count, int(payload))
             if m != minute:
                 close(last_bucket)
                 minute = m
-            if count > chunk_packets:  # one bucket alone is too big: its own slices, cut by time
+            if budget.exceeded(count, size):  # one bucket alone is too big: its own slices, cut by time
                 close(last_bucket)
                 histogram = histograms.get((minute, bucket), _EMPTY_HISTOGRAM)
-                slices.extend(_by_time(histogram, minute, bucket, since_ns, until_ns, chunk_packets))
+                slices.extend(_by_time(histogram, minute, bucket, since_ns, until_ns, budget))
                 last_bucket = bucket
                 continue
-            if acc and acc + count > chunk_packets:
+            if acc and budget.exceeded(acc + count, acc_bytes + size):
                 close(last_bucket)
             if open_lo < 0:
                 open_lo = bucket
             acc += count
+            acc_bytes += size
             last_bucket = bucket
         close(last_bucket)
         return slices
 
     def _histograms(
-        self, store: Store, cells: list[tuple], since_ns: int, until_ns: int, chunk_packets: int
-    ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
-        """Histograms of packet times (bins, counts) of the (minute, flow bucket) cells too big for one
-        slice: one query per minute for all its big cells, read as Arrow (bins are a few microseconds wide,
-        so a histogram has about one row per packet: per-cell queries and Python rows cost 0.25 s of a
-        400k-packet run, measured)."""
+        self, store: Store, cells: list[tuple], since_ns: int, until_ns: int, budget: _Budget
+    ) -> dict[tuple[int, int], _Histogram]:
+        """Histograms of packet times (bins, packets, payload bytes) of the (minute, flow bucket) cells too
+        big for one slice: one query per minute for all its big cells, read as Arrow (bins are a few
+        microseconds wide, so a histogram has about one row per packet: per-cell queries and Python rows
+        cost 0.25 s of a 400k-packet run, measured)."""
         big: dict[int, list[int]] = {}
-        for m, bucket, count in cells:
-            if int(count) > chunk_packets:
+        for m, bucket, count, payload in cells:
+            if budget.exceeded(int(count), budget.bytes_of(int(count), int(payload))):
                 big.setdefault(int(m), []).append(int(bucket))
-        histograms: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        histograms: dict[tuple[int, int], _Histogram] = {}
         for minute, buckets in big.items():
             lo, hi = max(minute, since_ns), min(minute + MINUTE_NS, until_ns)
             table = store.arrow(
                 f"SELECT intDiv(flow_id, {_FLOW_BUCKET}) AS b, "
-                "intDiv(toUnixTimestamp64Nano(ts) - {since_ns:Int64}, {width:Int64}) AS t, count() AS n "
+                "intDiv(toUnixTimestamp64Nano(ts) - {since_ns:Int64}, {width:Int64}) AS t, count() AS n, "
+                f"sum(payload_len) AS p "
                 f"FROM {self.table} WHERE {self.condition()} AND {RANGE} AND b IN {{buckets:Array(UInt64)}} "
                 "GROUP BY b, t ORDER BY b, t",
                 {
                     **self.params,
                     "since_ns": lo,
                     "until_ns": hi,
-                    "width": _width(lo, hi, chunk_packets),
+                    "width": _width(lo, hi, budget.packets),
                     "buckets": buckets,
                 },
             )
             cell = table.column("b").to_numpy()
             bins = table.column("t").to_numpy()
             counts = table.column("n").to_numpy().astype(np.int64)
+            sizes = budget.bytes_of(counts, table.column("p").to_numpy().astype(np.int64))
             cuts = np.flatnonzero(cell[1:] != cell[:-1]) + 1
             for first, last in zip([0, *cuts.tolist()], [*cuts.tolist(), len(cell)], strict=True):
                 if last > first:
-                    histograms[(minute, int(cell[first]))] = (bins[first:last], counts[first:last])
+                    histograms[(minute, int(cell[first]))] = _Histogram(
+                        bins[first:last], counts[first:last], sizes[first:last]
+                    )
         return histograms
 
     def read(self, store: Store, piece: Slice) -> PacketChunk:
@@ -283,6 +299,31 @@ class PacketSource:
         return lambda flow, _ip, port: table.get((flow, port))
 
 
+@dataclass(frozen=True)
+class _Budget:
+    """What one slice may hold: packets, and bytes of packets as the engine's Python columns."""
+
+    packets: int
+    bytes: int
+
+    @staticmethod
+    def bytes_of(packets: Any, payload: Any) -> Any:
+        return payload + packets * PACKET_OBJECT_BYTES
+
+    def exceeded(self, packets: int, size: int) -> bool:
+        return packets > self.packets or size > self.bytes
+
+
+@dataclass(frozen=True)
+class _Histogram:
+    bins: np.ndarray  # bin numbers, ascending
+    packets: np.ndarray  # packets per bin
+    bytes: np.ndarray  # _Budget.bytes_of the bin's packets
+
+
+_EMPTY_HISTOGRAM = _Histogram(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
 def _width(lo: int, hi: int, chunk_packets: int) -> int:
     """Histogram bin width (ns) for cutting [lo, hi) by time: at least 64 bins, 16 per slice expected."""
     buckets = max(64, 16 * (hi - lo) // max(1, chunk_packets))
@@ -290,30 +331,28 @@ def _width(lo: int, hi: int, chunk_packets: int) -> int:
 
 
 def _by_time(
-    histogram: tuple[np.ndarray, np.ndarray],
-    minute: int,
-    bucket: int,
-    since_ns: int,
-    until_ns: int,
-    chunk_packets: int,
+    histogram: _Histogram, minute: int, bucket: int, since_ns: int, until_ns: int, budget: _Budget
 ) -> list[Slice]:
     """Time cuts of one (minute, flow bucket) cell from the histogram of its packet times: a cut after
-    the first bin where `chunk_packets` packets have gathered since the last cut."""
+    the first bin where the budget's packets or bytes have gathered since the last cut."""
     lo, hi = max(minute, since_ns), min(minute + MINUTE_NS, until_ns)
     flow_lo, flow_hi = bucket * _FLOW_BUCKET, min((bucket + 1) * _FLOW_BUCKET - 1, 2**64 - 1)
-    width = _width(lo, hi, chunk_packets)
-    bins, counts = histogram
-    total = np.cumsum(counts)  # packets up to and including each bin
+    width = _width(lo, hi, budget.packets)
+    packets = np.cumsum(histogram.packets)  # packets up to and including each bin
+    sizes = np.cumsum(histogram.bytes)
     slices: list[Slice] = []
-    start, done = lo, 0
+    start, done, done_bytes = lo, 0, 0
     while True:
-        i = int(np.searchsorted(total, done + chunk_packets, side="left"))
-        if i >= len(total):
+        i = min(
+            int(np.searchsorted(packets, done + budget.packets, side="left")),
+            int(np.searchsorted(sizes, done_bytes + budget.bytes, side="left")),
+        )
+        if i >= len(packets):
             break
-        end = lo + (int(bins[i]) + 1) * width
-        slices.append(Slice(start, end, flow_lo, flow_hi, int(total[i]) - done, lo))
-        start, done = end, int(total[i])
-    rest = (int(total[-1]) if len(total) else 0) - done
+        end = lo + (int(histogram.bins[i]) + 1) * width
+        slices.append(Slice(start, end, flow_lo, flow_hi, int(packets[i]) - done, lo))
+        start, done, done_bytes = end, int(packets[i]), int(sizes[i])
+    rest = (int(packets[-1]) if len(packets) else 0) - done
     if rest:
         slices.append(Slice(start, hi, flow_lo, flow_hi, rest, lo))
     return slices
