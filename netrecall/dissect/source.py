@@ -34,6 +34,9 @@ _FLOW_BUCKET = 1 << 54  # 1024 flow-id buckets per minute in the plan
 # dissect's peak RSS on the HTTP capture went from +380 to ~+290 MB over the store's floor (bench_memory).
 PACKET_OBJECT_BYTES = 256
 SLICE_BYTES = 8 << 20
+# Bins per slice a big cell needs, in the histogram that cuts it by time: a cut lands on a bin's end, so a
+# slice holds its budget plus at most part of one bin (1/64 of a slice where traffic is even).
+BINS_PER_SLICE = 64
 
 
 @dataclass(frozen=True)
@@ -120,12 +123,13 @@ class PacketSource:
         params = {**self.params, "since_ns": since_ns, "until_ns": until_ns}
         cells = store.rows(
             "SELECT toUnixTimestamp64Nano(toDateTime64(toStartOfMinute(ts), 9)) AS m, "
-            f"intDiv(flow_id, {_FLOW_BUCKET}) AS b, count(), sum(payload_len) "
+            f"intDiv(flow_id, {_FLOW_BUCKET}) AS b, count(), sum(payload_len), "
+            "toUnixTimestamp64Nano(min(ts)), toUnixTimestamp64Nano(max(ts)) "
             f"FROM {self.table} WHERE {self.condition()} AND {RANGE} GROUP BY m, b ORDER BY m, b",
             params,
         )
         budget = _Budget(chunk_packets, chunk_bytes)
-        histograms = self._histograms(store, cells, since_ns, until_ns, budget)
+        histograms = self._histograms(store, cells, budget)
         slices: list[Slice] = []
         open_lo, acc, acc_bytes, minute = -1, 0, 0, None
 
@@ -139,19 +143,19 @@ class PacketSource:
             open_lo, acc, acc_bytes = -1, 0, 0
 
         last_bucket = -1
-        for m, bucket, count, payload in cells:
+        for m, bucket, count, payload, _first, _last in cells:
             m, bucket, count = int(m), int(bucket), int(count)
             size = budget.bytes_of(count, int(payload))
             if m != minute:
                 close(last_bucket)
                 minute = m
-            if budget.exceeded(count, size):  # one bucket alone is too big: its own slices, cut by time
+            if budget.slices(count, size) > 1:  # one bucket alone is too big: its own slices, cut by time
                 close(last_bucket)
                 histogram = histograms.get((minute, bucket), _EMPTY_HISTOGRAM)
                 slices.extend(_by_time(histogram, minute, bucket, since_ns, until_ns, budget))
                 last_bucket = bucket
                 continue
-            if acc and budget.exceeded(acc + count, acc_bytes + size):
+            if acc and budget.slices(acc + count, acc_bytes + size) > 1:
                 close(last_bucket)
             if open_lo < 0:
                 open_lo = bucket
@@ -162,31 +166,34 @@ class PacketSource:
         return slices
 
     def _histograms(
-        self, store: Store, cells: list[tuple], since_ns: int, until_ns: int, budget: _Budget
+        self, store: Store, cells: list[tuple], budget: _Budget
     ) -> dict[tuple[int, int], _Histogram]:
         """Histograms of packet times (bins, packets, payload bytes) of the (minute, flow bucket) cells too
-        big for one slice: one query per minute for all its big cells, read as Arrow (bins are a few
-        microseconds wide, so a histogram has about one row per packet: per-cell queries and Python rows
-        cost 0.25 s of a 400k-packet run, measured)."""
-        big: dict[int, list[int]] = {}
-        for m, bucket, count, payload in cells:
-            if budget.exceeded(int(count), budget.bytes_of(int(count), int(payload))):
-                big.setdefault(int(m), []).append(int(bucket))
+        big for one slice, over the time their packets span: one query per minute for all its big cells,
+        read as Arrow, with BINS_PER_SLICE bins per slice the biggest cell needs. (Bins a few nanoseconds
+        wide, one group per packet, held 480 MB of the engine and took 10 s to plan 11M packets.)"""
+        big: dict[int, list[tuple[int, int, int, int]]] = {}
+        for m, bucket, count, payload, first, last in cells:
+            needed = budget.slices(int(count), budget.bytes_of(int(count), int(payload)))
+            if needed > 1:
+                big.setdefault(int(m), []).append((int(bucket), needed, int(first), int(last)))
         histograms: dict[tuple[int, int], _Histogram] = {}
-        for minute, buckets in big.items():
-            lo, hi = max(minute, since_ns), min(minute + MINUTE_NS, until_ns)
+        for minute, big_cells in big.items():
+            lo = min(first for _, _, first, _ in big_cells)
+            hi = max(last for _, _, _, last in big_cells) + 1
+            width = max(1, (hi - lo) // (BINS_PER_SLICE * max(needed for _, needed, _, _ in big_cells)) + 1)
             table = store.arrow(
                 f"SELECT intDiv(flow_id, {_FLOW_BUCKET}) AS b, "
                 "intDiv(toUnixTimestamp64Nano(ts) - {since_ns:Int64}, {width:Int64}) AS t, count() AS n, "
-                f"sum(payload_len) AS p "
+                "sum(payload_len) AS p "
                 f"FROM {self.table} WHERE {self.condition()} AND {RANGE} AND b IN {{buckets:Array(UInt64)}} "
                 "GROUP BY b, t ORDER BY b, t",
                 {
                     **self.params,
                     "since_ns": lo,
                     "until_ns": hi,
-                    "width": _width(lo, hi, budget.packets),
-                    "buckets": buckets,
+                    "width": width,
+                    "buckets": [bucket for bucket, _, _, _ in big_cells],
                 },
             )
             cell = table.column("b").to_numpy()
@@ -197,7 +204,7 @@ class PacketSource:
             for first, last in zip([0, *cuts.tolist()], [*cuts.tolist(), len(cell)], strict=True):
                 if last > first:
                     histograms[(minute, int(cell[first]))] = _Histogram(
-                        bins[first:last], counts[first:last], sizes[first:last]
+                        lo, width, bins[first:last], counts[first:last], sizes[first:last]
                     )
         return histograms
 
@@ -310,24 +317,21 @@ class _Budget:
     def bytes_of(packets: Any, payload: Any) -> Any:
         return payload + packets * PACKET_OBJECT_BYTES
 
-    def exceeded(self, packets: int, size: int) -> bool:
-        return packets > self.packets or size > self.bytes
+    def slices(self, packets: int, size: int) -> int:
+        """How many slices that many packets and bytes need (at least 1)."""
+        return max(1, -(-packets // self.packets), -(-size // self.bytes))
 
 
 @dataclass(frozen=True)
 class _Histogram:
+    origin: int  # time (ns) where bin 0 starts
+    width: int  # ns per bin
     bins: np.ndarray  # bin numbers, ascending
     packets: np.ndarray  # packets per bin
     bytes: np.ndarray  # _Budget.bytes_of the bin's packets
 
 
-_EMPTY_HISTOGRAM = _Histogram(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
-
-
-def _width(lo: int, hi: int, chunk_packets: int) -> int:
-    """Histogram bin width (ns) for cutting [lo, hi) by time: at least 64 bins, 16 per slice expected."""
-    buckets = max(64, 16 * (hi - lo) // max(1, chunk_packets))
-    return max(1, (hi - lo) // buckets + 1)
+_EMPTY_HISTOGRAM = _Histogram(0, 1, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
 def _by_time(
@@ -337,7 +341,6 @@ def _by_time(
     the first bin where the budget's packets or bytes have gathered since the last cut."""
     lo, hi = max(minute, since_ns), min(minute + MINUTE_NS, until_ns)
     flow_lo, flow_hi = bucket * _FLOW_BUCKET, min((bucket + 1) * _FLOW_BUCKET - 1, 2**64 - 1)
-    width = _width(lo, hi, budget.packets)
     packets = np.cumsum(histogram.packets)  # packets up to and including each bin
     sizes = np.cumsum(histogram.bytes)
     slices: list[Slice] = []
@@ -349,7 +352,7 @@ def _by_time(
         )
         if i >= len(packets):
             break
-        end = lo + (int(histogram.bins[i]) + 1) * width
+        end = min(histogram.origin + (int(histogram.bins[i]) + 1) * histogram.width, hi)
         slices.append(Slice(start, end, flow_lo, flow_hi, int(packets[i]) - done, lo))
         start, done, done_bytes = end, int(packets[i]), int(sizes[i])
     rest = (int(packets[-1]) if len(packets) else 0) - done
