@@ -75,6 +75,8 @@ REFUSED = [
     ("SELECT 1 FROM t" + " LEFT JOIN a.b.c.d" * 12, "more than 8 JOINs without ON or USING"),
     # ... and through `IF+IF+...`, its time doubling with each: a budget of backtracking refuses it
     ("SELECT " + "+".join(["IF"] * 16), "would take too long"),
+    # ... and through calls nested in calls' `LIMIT n,` arguments
+    ("SELECT " + "f(x LIMIT 5, " * 12 + "1" + ")" * 12, "would take too long"),
 ]
 
 ALLOWED = [

@@ -208,12 +208,14 @@ _CLICKHOUSE = Dialect.get_or_raise("clickhouse")
 MAX_BARE_JOINS = 8
 
 
-# Tokens the parser may step back over per token of the statement (plus a floor): sqlglot parses by
-# trying alternatives and stepping back, which some short texts make exponential (fuzz/sqlguard:
-# `IF+IF+...` doubles with each IF, 14 of them took 0.6 s). The 4,765 statements of the tests and of
-# the fuzz corpus that pass the JOIN check step back over at most 88 tokens per token.
-BACKTRACK_PER_TOKEN = 200
-BACKTRACK_FLOOR = 5_000
+# Tokens the parser may step back over in one statement: sqlglot parses by trying alternatives and
+# stepping back, which some short texts make exponential (fuzz/sqlguard: `IF+IF+...` doubles with each IF,
+# 14 of them took 0.6 s; nested calls with `LIMIT n,` in their arguments). Each token stepped back costs
+# ~10 us of CPU here, so the budget is ~0.1 s whatever the statement's length: a budget per token let a
+# long statement hold a thread for seconds. Real statements step back little (a 1,033-token analytic
+# query: 121 tokens, a 200-branch CASE: 1); the 5,090 statements of the fuzz corpus, texts built to
+# explore the parser, at most 7,833.
+BACKTRACK_BUDGET = 10_000
 
 
 class _BoundedParser(_CLICKHOUSE.parser_class):  # type: ignore[misc,name-defined]
@@ -221,13 +223,12 @@ class _BoundedParser(_CLICKHOUSE.parser_class):  # type: ignore[misc,name-define
 
     def parse(self, raw_tokens: list[Token], sql: str) -> list[Any]:
         self._stepped_back = 0
-        self._budget = BACKTRACK_FLOOR + BACKTRACK_PER_TOKEN * len(raw_tokens)
         return super().parse(raw_tokens, sql)
 
     def _retreat(self, index: int) -> None:
         if index < self._index:
             self._stepped_back += self._index - index
-            if self._stepped_back > self._budget:
+            if self._stepped_back > BACKTRACK_BUDGET:
                 raise _refuse("a statement the guard's parser would take too long over")
         super()._retreat(index)
 
