@@ -30,8 +30,8 @@ _FLOW_BUCKET = 1 << 54  # 1024 flow-id buckets per minute in the plan
 # A slice's packets live as Python objects while they are parsed, and two more slices are read ahead: what
 # one packet costs besides its payload (a bytes object, ints, ten list slots: ~250 bytes, measured with
 # tracemalloc), and how much of that a slice may hold. At 8 MiB, slices of the HTTP benchmark capture
-# (~500-byte payloads) hold ~11,000 packets, those of the PostgreSQL one (~44) stay at DEFAULT_CHUNK_PACKETS;
-# dissect's peak RSS on the HTTP capture went from +380 to ~+290 MB over the store's floor (bench_memory).
+# (~500-byte payloads) hold ~11,000 packets, those of the PostgreSQL one (~44 bytes) ~28,000; dissect's
+# peak RSS on the HTTP capture went from +380 to ~+290 MB over the store's floor (bench_memory).
 PACKET_OBJECT_BYTES = 256
 SLICE_BYTES = 8 << 20
 # Bins per slice a big cell needs, in the histogram that cuts it by time: a cut lands on a bin's end, so a
