@@ -47,7 +47,7 @@ bench: setup apt testenv
 # FUZZ_SECONDS each); `make crash`: kill -9 of each command CRASH_RUNS times; `make soak`: agents on two
 # namespace nodes into a hub for SOAK_SECONDS with restarts, network cuts and retention.
 FUZZ_RUNS ?= 1000000
-FUZZ_SECONDS ?= 3600
+FUZZ_SECONDS ?= 7200
 FUZZ_JOBS ?= 1
 CRASH_RUNS ?= 50
 SOAK_SECONDS ?= 600
