@@ -117,6 +117,16 @@ def test_guard_refuses(sql: str, named: str) -> None:
     assert named.lower() in message.lower(), message
 
 
+@pytest.mark.parametrize("name", ["url\n", "url\r\nx", "url\x1cx", "url\u2028x"])
+def test_a_refusal_quoting_a_line_break_is_one_line(name: str) -> None:
+    """The refusal names what it quotes with its line breaks escaped (fuzz/sqlguard: a table function
+    `"url\xff\n..."()` gave a refusal of several lines)."""
+    with pytest.raises(NetrecallError) as refused:
+        check_readonly(f'SELECT * FROM "{name}"()')
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1 and "table function url" in message
+
+
 @pytest.mark.parametrize("sql", ALLOWED)
 def test_guard_allows_analytics(sql: str) -> None:
     assert check_readonly(sql)
