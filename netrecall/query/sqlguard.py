@@ -184,7 +184,7 @@ def check_readonly(sql: str) -> str:
             tokens = _CLICKHOUSE.tokenize(text)
             _check_joins(tokens)
             statements = [s for s in _BoundedParser(dialect=_CLICKHOUSE).parse(tokens, text) if s is not None]
-    except NetrecallError:  # _check_joins' refusal
+    except NetrecallError:  # the guard's own refusals: _check_joins, the parser's backtracking budget
         raise
     except (ParseError, TokenError) as exc:  # TokenError: e.g. an unclosed $ quote ('$re')
         raise _refuse(f"a statement the guard cannot parse ({str(exc).splitlines()[0][:120]})") from None
