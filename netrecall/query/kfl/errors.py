@@ -16,7 +16,7 @@ class KflError(NetrecallError):
         self.reason = reason
         self.text = text
         self.position = max(0, min(position, len(text)))
-        super().__init__(f"{reason} at position {self.position}\n{caret_lines(text, self.position)}")
+        super().__init__(f"{reason} at position {self.position}", excerpt=caret_lines(text, self.position))
 
 
 def caret_lines(text: str, position: int) -> str:
